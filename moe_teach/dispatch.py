@@ -1,0 +1,89 @@
+"""Dispatch: three ways to compute the same MoE forward pass.
+
+All three take the same routing decision and return the same ``[T, output_dim]`` tensor
+(to float tolerance) and the same gradients:
+
+* :func:`dispatch_dense_mask` (the reference): run **every** expert on **every** token,
+  then multiply by a ``[T, E]`` weight matrix that is zero for unchosen experts. Simple,
+  and ``E / k`` times the necessary work.
+* :func:`dispatch_loop`: for each expert, gather its tokens, run it, write the weighted
+  result back. Only the needed work, but many small gathers.
+* :func:`dispatch_grouped`: sort all (token, slot) assignments by expert so each expert's
+  tokens sit in one contiguous slice, then run one matmul chain per expert on its slice
+  (what production "grouped GEMM" kernels do in one launch).
+
+Arguments shared by all three:
+    x: ``[T, D]`` tokens.  experts: ``E`` modules ``[*, D] -> [*, O]``.
+    expert_indices: ``[T, k]`` int64.  expert_weights: ``[T, k]``.
+    kept: optional ``[T, k]`` bool; False assignments (dropped by capacity) contribute zero.
+Results are summed over the ``k`` slots of a ``[T, k, O]`` tensor rather than accumulated
+with ``index_add_``, which is not deterministic on CUDA with repeated indices.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _combine_weights(expert_weights, kept, dtype):
+    weights = expert_weights if kept is None else expert_weights * kept
+    return weights.to(dtype)
+
+
+def dispatch_dense_mask(x: torch.Tensor, experts: nn.ModuleList, expert_indices: torch.Tensor,
+                        expert_weights: torch.Tensor, kept: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference: all experts on all tokens, then a weighted sum with a sparse ``[T, E]`` matrix."""
+    weights = _combine_weights(expert_weights, kept, x.dtype)                       # [T, k]
+    dense = x.new_zeros(x.shape[0], len(experts)).scatter_add(1, expert_indices, weights)  # [T, E]
+    all_outputs = torch.stack([expert(x) for expert in experts], dim=1)           # [T, E, O]
+    return torch.einsum("te,teo->to", dense, all_outputs)
+
+
+def dispatch_loop(x: torch.Tensor, experts: nn.ModuleList, expert_indices: torch.Tensor,
+                  expert_weights: torch.Tensor, kept: torch.Tensor | None = None) -> torch.Tensor:
+    """Loop over experts; each runs only on the tokens routed (and kept) to it."""
+    weights = _combine_weights(expert_weights, kept, x.dtype)
+    chosen = expert_indices if kept is None else expert_indices.masked_fill(~kept, -1)
+    slot_outputs = None                                                            # [T, k, O]
+    for expert_id, expert in enumerate(experts):
+        token_ids, slot_ids = torch.where(chosen == expert_id)
+        if token_ids.numel() == 0:
+            continue
+        y = expert(x[token_ids]) * weights[token_ids, slot_ids, None]
+        if slot_outputs is None:
+            slot_outputs = y.new_zeros(*expert_indices.shape, y.shape[-1])
+        slot_outputs = slot_outputs.index_put((token_ids, slot_ids), y)
+    if slot_outputs is None:  # every assignment dropped
+        return _zero_output(x, experts)
+    return slot_outputs.sum(dim=1)
+
+
+def dispatch_grouped(x: torch.Tensor, experts: nn.ModuleList, expert_indices: torch.Tensor,
+                     expert_weights: torch.Tensor, kept: torch.Tensor | None = None) -> torch.Tensor:
+    """Sort assignments by expert, one contiguous slice (one matmul chain) per expert."""
+    num_tokens, top_k = expert_indices.shape
+    flat_experts = expert_indices.reshape(-1)                                      # [T*k]
+    flat_weights = _combine_weights(expert_weights, kept, x.dtype).reshape(-1)
+    if kept is None or bool(kept.all()):
+        order = torch.argsort(flat_experts, stable=True)                          # assignment ids
+    else:
+        kept_ids = kept.reshape(-1).nonzero().squeeze(1)
+        order = kept_ids[torch.argsort(flat_experts[kept_ids], stable=True)]
+    if order.numel() == 0:
+        return _zero_output(x, experts)
+    counts = torch.bincount(flat_experts[order], minlength=len(experts)).tolist()
+    sorted_x = x.index_select(0, order // top_k)                                  # [N, D]
+    outputs = [expert(chunk) for expert, chunk in zip(experts, sorted_x.split(counts)) if chunk.shape[0]]
+    sorted_y = torch.cat(outputs) * flat_weights.index_select(0, order).unsqueeze(1)  # [N, O]
+    slot_outputs = sorted_y.new_zeros(num_tokens * top_k, sorted_y.shape[-1]).index_copy(0, order, sorted_y)
+    return slot_outputs.view(num_tokens, top_k, -1).sum(dim=1)
+
+
+def _zero_output(x: torch.Tensor, experts: nn.ModuleList) -> torch.Tensor:
+    """``[T, O]`` zeros that still connect to the graph (every assignment was dropped)."""
+    output_dim = experts[0](x[:1]).shape[-1]
+    return x.new_zeros(x.shape[0], output_dim)
+
+
+DISPATCHERS = {"mask": dispatch_dense_mask, "loop": dispatch_loop, "grouped": dispatch_grouped}

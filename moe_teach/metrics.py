@@ -1,0 +1,71 @@
+"""Counting: parameters (total and active per token) and FLOPs per token.
+
+FLOPs count a multiply-add as 2 and leave out biases, activations and norms (small next to
+the matmuls). "Active" parameters are those a single token actually uses: the router plus
+``top_k`` of the ``E`` experts in each MoE layer, and everything outside MoE layers.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .experts import ACTIVATIONS
+from .validation import check_choice, check_positive_int, check_top_k
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Total number of parameters of ``module``."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def active_parameters(model: nn.Module) -> int:
+    """Parameters one token uses: total minus the unchosen experts of every MoE layer."""
+    from .transformer import moe_layers
+
+    unused = 0
+    for layer in moe_layers(model):
+        per_expert = count_parameters(layer.experts[0])
+        unused += (layer.num_experts - layer.top_k) * per_expert
+    return count_parameters(model) - unused
+
+
+def ffn_flops_per_token(input_dim: int, hidden_dim: int, output_dim: int | None = None,
+                        activation: str = "relu") -> int:
+    """FLOPs of one two-layer feed-forward (expert) for one token."""
+    check_positive_int("input_dim", input_dim)
+    check_positive_int("hidden_dim", hidden_dim)
+    output_dim = input_dim if output_dim is None else check_positive_int("output_dim", output_dim)
+    check_choice("activation", activation, ACTIVATIONS)
+    in_matmuls = 2 if activation == "swiglu" else 1
+    return 2 * (in_matmuls * input_dim * hidden_dim + hidden_dim * output_dim)
+
+
+def moe_flops_per_token(input_dim: int, hidden_dim: int, num_experts: int, top_k: int,
+                        output_dim: int | None = None, activation: str = "relu") -> int:
+    """FLOPs of a sparse MoE layer for one token: router + ``top_k`` experts."""
+    check_positive_int("num_experts", num_experts)
+    check_top_k(top_k, num_experts)
+    router = 2 * input_dim * num_experts
+    return router + top_k * ffn_flops_per_token(input_dim, hidden_dim, output_dim, activation)
+
+
+def attention_flops_per_token(dim: int, seq_len: int) -> int:
+    """Causal self-attention FLOPs per token: q/k/v/out projections plus scores and mixing.
+
+    Scores and mixing are counted over the full ``seq_len`` (a fused kernel's cost; causal
+    masking could skip about half).
+    """
+    check_positive_int("dim", dim)
+    check_positive_int("seq_len", seq_len)
+    return 2 * 4 * dim * dim + 2 * 2 * seq_len * dim
+
+
+def block_flops_per_token(config, seq_len: int) -> int:
+    """FLOPs per token of one :class:`~moe_teach.transformer.TransformerBlock` built from ``config``."""
+    attention = attention_flops_per_token(config.dim, seq_len)
+    if config.moe:
+        ffn = moe_flops_per_token(config.dim, config.hidden_dim, config.num_experts, config.top_k,
+                                  activation=config.activation)
+    else:
+        ffn = ffn_flops_per_token(config.dim, config.hidden_dim, activation=config.activation)
+    return attention + ffn

@@ -1,0 +1,123 @@
+"""A pre-norm transformer block with causal self-attention and an MoE (or dense) feed-forward.
+
+    x = x + attention(norm1(x))
+    x = x + feed_forward(norm2(x))      # MoELayer, or one Expert for the dense twin
+
+Each MoE layer keeps its latest routing record; :func:`collect_aux_losses` sums their
+auxiliary losses across layers so one training step can add them to the task loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .experts import ACTIVATIONS, Expert
+from .layers import MoELayer
+from .routing import ROUTERS
+from .validation import check_choice, check_float_tensor, check_positive_int
+
+
+@dataclass
+class BlockConfig:
+    """Sizes of one transformer block. ``moe=False`` gives the dense twin (one expert-sized FFN)."""
+
+    dim: int = 64
+    num_heads: int = 4
+    hidden_dim: int = 128
+    num_experts: int = 4
+    top_k: int = 2
+    activation: str = "gelu"
+    router: str = "softmax"
+    capacity_factor: float | None = None
+    dispatch: str = "grouped"
+    moe: bool = True
+
+    def __post_init__(self):
+        check_positive_int("dim", self.dim)
+        check_positive_int("num_heads", self.num_heads)
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim must be divisible by num_heads, got dim={self.dim}, num_heads={self.num_heads}")
+        check_positive_int("hidden_dim", self.hidden_dim)
+        check_positive_int("num_experts", self.num_experts)
+        check_choice("activation", self.activation, ACTIVATIONS)
+        check_choice("router", self.router, tuple(ROUTERS))
+
+
+def dense_twin(config: BlockConfig, match: str = "active") -> BlockConfig:
+    """The dense block to compare an MoE block with.
+
+    ``match="active"``: feed-forward hidden width ``top_k * hidden_dim`` (same active
+    parameters per token as the MoE block). ``match="total"``: ``num_experts * hidden_dim``
+    (same total parameters, up to the small router).
+    """
+    check_choice("match", match, ("active", "total"))
+    width = config.top_k if match == "active" else config.num_experts
+    return replace(config, moe=False, hidden_dim=width * config.hidden_dim)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention where position ``t`` sees positions ``<= t``. ``[B, S, dim] -> [B, S, dim]``."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, seq, dim = x.shape
+        q, k, v = self.qkv(x).split(dim, dim=-1)
+        q, k, v = (t.view(batch, seq, self.num_heads, -1).transpose(1, 2) for t in (q, k, v))  # [B, H, S, dim/H]
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(y.transpose(1, 2).reshape(batch, seq, dim))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block ``[B, S, dim] -> [B, S, dim]`` with an MoE or a dense feed-forward."""
+
+    def __init__(self, config: BlockConfig):
+        super().__init__()
+        self.config = config
+        self.norm1 = nn.LayerNorm(config.dim)
+        self.attention = CausalSelfAttention(config.dim, config.num_heads)
+        self.norm2 = nn.LayerNorm(config.dim)
+        if config.moe:
+            self.feed_forward = MoELayer(
+                config.dim, config.dim, config.num_experts, config.top_k, config.hidden_dim,
+                activation=config.activation, router=config.router,
+                capacity_factor=config.capacity_factor, dispatch=config.dispatch,
+            )
+        else:
+            self.feed_forward = Expert(config.dim, config.hidden_dim, config.dim, config.activation)
+
+    def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        check_float_tensor("x", x, last_dim=self.config.dim, min_dims=3)
+        x = x + self.attention(self.norm1(x))
+        hidden = self.norm2(x)
+        if self.config.moe:
+            return x + self.feed_forward(hidden, token_mask=token_mask)
+        return x + self.feed_forward(hidden)
+
+
+def moe_layers(model: nn.Module) -> list[MoELayer]:
+    """Every :class:`MoELayer` inside ``model``, in module order."""
+    return [m for m in model.modules() if isinstance(m, MoELayer)]
+
+
+def collect_aux_losses(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Sum each auxiliary loss over all MoE layers' latest forward pass (empty dict if none).
+
+    Each layer's loss is computed on its own routing and then added: layers are not pooled
+    into one big batch of logits.
+    """
+    totals: dict[str, torch.Tensor] = {}
+    for layer in moe_layers(model):
+        if layer.last_record is None:
+            continue
+        for name, value in layer.last_record.aux_losses.items():
+            totals[name] = totals[name] + value if name in totals else value
+    return totals
