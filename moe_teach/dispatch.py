@@ -25,6 +25,29 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .validation import check_float_tensor
+
+
+def check_dispatch_args(x, experts, expert_indices, expert_weights, kept) -> None:
+    """Raise a clear ValueError/TypeError for inputs the dispatch functions cannot use."""
+    check_float_tensor("x", x, min_dims=2)
+    if x.dim() != 2:
+        raise ValueError(f"x must have shape [tokens, input_dim], got {tuple(x.shape)}; flatten it with x.reshape(-1, D)")
+    if not isinstance(experts, (nn.ModuleList, list, tuple)) or len(experts) == 0:
+        raise TypeError("experts must be a non-empty nn.ModuleList of expert modules")
+    if not isinstance(expert_indices, torch.Tensor) or expert_indices.dtype != torch.int64:
+        raise TypeError("expert_indices must be an int64 (torch.long) tensor of shape [tokens, k]")
+    if expert_indices.dim() != 2 or expert_indices.shape[0] != x.shape[0]:
+        raise ValueError(f"expert_indices must have shape [{x.shape[0]}, k], got {tuple(expert_indices.shape)}")
+    if expert_indices.numel() and not 0 <= int(expert_indices.min()) <= int(expert_indices.max()) < len(experts):
+        raise ValueError(f"expert_indices must lie in 0..{len(experts) - 1} (num_experts={len(experts)})")
+    check_float_tensor("expert_weights", expert_weights, min_dims=2)
+    if expert_weights.shape != expert_indices.shape:
+        raise ValueError(f"expert_weights must have the shape of expert_indices {tuple(expert_indices.shape)}, "
+                         f"got {tuple(expert_weights.shape)}")
+    if kept is not None and (kept.dtype != torch.bool or kept.shape != expert_indices.shape):
+        raise ValueError(f"kept must be a bool tensor of shape {tuple(expert_indices.shape)} or None")
+
 
 def _combine_weights(expert_weights, kept, dtype):
     weights = expert_weights if kept is None else expert_weights * kept
@@ -34,6 +57,7 @@ def _combine_weights(expert_weights, kept, dtype):
 def dispatch_dense_mask(x: torch.Tensor, experts: nn.ModuleList, expert_indices: torch.Tensor,
                         expert_weights: torch.Tensor, kept: torch.Tensor | None = None) -> torch.Tensor:
     """Reference: all experts on all tokens, then a weighted sum with a sparse ``[T, E]`` matrix."""
+    check_dispatch_args(x, experts, expert_indices, expert_weights, kept)
     weights = _combine_weights(expert_weights, kept, x.dtype)                       # [T, k]
     dense = x.new_zeros(x.shape[0], len(experts)).scatter_add(1, expert_indices, weights)  # [T, E]
     all_outputs = torch.stack([expert(x) for expert in experts], dim=1)           # [T, E, O]
@@ -43,6 +67,7 @@ def dispatch_dense_mask(x: torch.Tensor, experts: nn.ModuleList, expert_indices:
 def dispatch_loop(x: torch.Tensor, experts: nn.ModuleList, expert_indices: torch.Tensor,
                   expert_weights: torch.Tensor, kept: torch.Tensor | None = None) -> torch.Tensor:
     """Loop over experts; each runs only on the tokens routed (and kept) to it."""
+    check_dispatch_args(x, experts, expert_indices, expert_weights, kept)
     weights = _combine_weights(expert_weights, kept, x.dtype)
     chosen = expert_indices if kept is None else expert_indices.masked_fill(~kept, -1)
     slot_outputs = None                                                            # [T, k, O]
@@ -62,6 +87,7 @@ def dispatch_loop(x: torch.Tensor, experts: nn.ModuleList, expert_indices: torch
 def dispatch_grouped(x: torch.Tensor, experts: nn.ModuleList, expert_indices: torch.Tensor,
                      expert_weights: torch.Tensor, kept: torch.Tensor | None = None) -> torch.Tensor:
     """Sort assignments by expert, one contiguous slice (one matmul chain) per expert."""
+    check_dispatch_args(x, experts, expert_indices, expert_weights, kept)
     num_tokens, top_k = expert_indices.shape
     flat_experts = expert_indices.reshape(-1)                                      # [T*k]
     flat_weights = _combine_weights(expert_weights, kept, x.dtype).reshape(-1)

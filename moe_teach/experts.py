@@ -50,6 +50,7 @@ class Expert(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[..., input_dim]`` -> ``[..., output_dim]``."""
+        check_expert_input(x, self.input_dim)
         return self.down(self.hidden(x))
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:

@@ -237,7 +237,7 @@ def smooth_load(router_out: RouterOutput, top_k: int) -> torch.Tensor:
     is_in = noisy >= kth_in
     threshold = torch.where(is_in, kth_out, kth_in)
     normal = torch.distributions.Normal(0.0, 1.0)
-    return normal.cdf((clean - threshold) / std).sum(dim=0)
+    return normal.cdf((clean - threshold) / std.clamp_min(1e-6)).sum(dim=0)  # std 0 must not give NaN
 
 
 def expert_capacity(num_tokens: int, num_experts: int, top_k: int, capacity_factor: float) -> int:

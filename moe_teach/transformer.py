@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dispatch import DISPATCHERS
 from .experts import ACTIVATIONS, Expert
 from .layers import MoELayer
 from .routing import ROUTERS
-from .validation import check_choice, check_float_tensor, check_positive_int
+from .validation import check_choice, check_float_tensor, check_positive_float, check_positive_int, check_top_k
 
 
 @dataclass
@@ -44,7 +45,11 @@ class BlockConfig:
         check_positive_int("hidden_dim", self.hidden_dim)
         check_positive_int("num_experts", self.num_experts)
         check_choice("activation", self.activation, ACTIVATIONS)
+        check_top_k(self.top_k, self.num_experts)
         check_choice("router", self.router, tuple(ROUTERS))
+        check_choice("dispatch", self.dispatch, tuple(DISPATCHERS))
+        if self.capacity_factor is not None:
+            check_positive_float("capacity_factor", self.capacity_factor)
 
 
 def dense_twin(config: BlockConfig, match: str = "active") -> BlockConfig:

@@ -1,0 +1,97 @@
+"""Auxiliary losses: the Switch convention pinned, z-loss formula, CV-squared guards, padding."""
+
+import torch
+
+from moe_teach import MoELayer, collect_aux_losses, cv_squared, importance_loss, router_z_loss
+from moe_teach import switch_load_balancing_loss as switch_loss
+from moe_teach.transformer import BlockConfig, TransformerBlock
+
+
+def test_switch_loss_is_one_under_perfectly_uniform_routing():
+    experts, k = 4, 2
+    probs = torch.full((8, experts), 1 / experts)
+    indices = torch.tensor([[0, 1], [2, 3]] * 4)
+    assert torch.isclose(switch_loss(probs, indices), torch.tensor(1.0))
+
+
+def test_switch_loss_is_num_experts_under_total_collapse():
+    experts = 5
+    probs = torch.zeros(6, experts)
+    probs[:, 2] = 1.0
+    indices = torch.full((6, 1), 2)
+    assert torch.isclose(switch_loss(probs, indices), torch.tensor(float(experts)))
+
+
+def test_switch_loss_with_non_uniform_probabilities_matches_the_convention():
+    """E * sum_i f_i * P_i with f_i = count_i / (T*k) and P_i = mean full-softmax probability."""
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.3, 0.6, 0.1]])
+    indices = torch.tensor([[0, 1], [0, 1], [2, 0], [1, 0]])
+    counts = torch.tensor([4.0, 3.0, 1.0])                 # expert 0 chosen 4 times, 1 three, 2 once
+    fraction = counts / (4 * 2)
+    mean_prob = torch.tensor([1.6, 1.2, 1.2]) / 4
+    assert torch.isclose(switch_loss(probs, indices), 3 * (fraction * mean_prob).sum())
+    # a P_i taken from the renormalised top-k weights instead gives a different number
+    topk_weights = probs.gather(1, indices) / probs.gather(1, indices).sum(-1, keepdim=True)
+    dense_topk = torch.zeros_like(probs).scatter_add(1, indices, topk_weights)
+    assert not torch.isclose(switch_loss(probs, indices), 3 * (fraction * dense_topk.mean(0)).sum())
+
+
+def test_switch_loss_grows_with_imbalance():
+    experts, tokens = 4, 40
+    losses = []
+    for share in [0.25, 0.5, 0.75, 1.0]:                    # share of tokens on expert 0
+        on_zero = int(share * tokens)
+        indices = torch.tensor([0] * on_zero + [1 + i % 3 for i in range(tokens - on_zero)]).view(-1, 1)
+        probs = torch.nn.functional.one_hot(indices[:, 0], experts).float() * 0.7 + 0.3 / experts
+        losses.append(switch_loss(probs, indices).item())
+    assert losses == sorted(losses) and losses[-1] > losses[0]
+
+
+def test_switch_loss_ignores_padding_tokens():
+    probs = torch.tensor([[0.5, 0.5], [0.5, 0.5], [0.9, 0.1], [0.9, 0.1]])   # last two rows: padding
+    indices = torch.tensor([[0], [1], [0], [0]])
+    mask = torch.tensor([True, True, False, False])
+    assert torch.isclose(switch_loss(probs, indices, mask), torch.tensor(1.0))
+    assert switch_loss(probs, indices) > 1.0
+
+
+def test_z_loss_matches_its_formula():
+    logits = torch.tensor([[1.0, 2.0, 3.0], [0.0, -1.0, 5.0]])
+    expected = torch.stack([torch.log(torch.exp(row).sum()) ** 2 for row in logits]).mean()
+    assert torch.isclose(router_z_loss(logits), expected)
+
+
+def test_cv_squared_gradient_is_finite_at_perfect_balance_and_at_zero():
+    for values in [torch.full((4,), 2.5), torch.zeros(4)]:
+        values = values.clone().requires_grad_(True)
+        loss = cv_squared(values)
+        loss.backward()
+        assert loss.item() == 0.0 and torch.isfinite(values.grad).all()
+
+
+def test_importance_loss_zero_when_balanced_positive_when_not():
+    balanced = torch.eye(4).repeat(3, 1)
+    assert importance_loss(balanced).item() == 0.0
+    assert importance_loss(torch.eye(4)[[0, 0, 0, 1]]).item() > 0
+
+
+def test_aux_losses_are_connected_to_the_router_so_adding_them_changes_its_gradient():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(TransformerBlock(BlockConfig()), TransformerBlock(BlockConfig()))
+    model(torch.randn(2, 8, 64))
+    aux = collect_aux_losses(model)
+    assert set(aux) == {"switch", "z", "importance", "load"}
+    layers = [block.feed_forward for block in model]
+    expected = sum(layer.last_record.aux_losses["switch"] for layer in layers)
+    assert torch.isclose(aux["switch"], expected)
+    (aux["switch"] + aux["z"]).backward()
+    for layer in layers:
+        assert layer.router.proj.weight.grad.abs().sum() > 0
+
+
+def test_layer_record_uses_full_softmax_for_the_balancing_loss():
+    torch.manual_seed(0)
+    layer = MoELayer(6, 6, num_experts=4, top_k=2)
+    _, record = layer(torch.randn(9, 6), return_record=True)
+    assert torch.isclose(record.aux_losses["switch"], switch_loss(record.probs, record.expert_indices))
+    assert torch.isclose(record.aux_losses["z"], router_z_loss(record.logits))
