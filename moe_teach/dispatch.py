@@ -32,7 +32,8 @@ def check_dispatch_args(x, experts, expert_indices, expert_weights, kept) -> Non
     """Raise a clear ValueError/TypeError for inputs the dispatch functions cannot use."""
     check_float_tensor("x", x, min_dims=2)
     if x.dim() != 2:
-        raise ValueError(f"x must have shape [tokens, input_dim], got {tuple(x.shape)}; flatten it with x.reshape(-1, D)")
+        raise ValueError(f"x must have shape [tokens, input_dim], got {tuple(x.shape)}; "
+                         "flatten it with x.reshape(-1, x.shape[-1])")
     if not isinstance(experts, (nn.ModuleList, list, tuple)) or len(experts) == 0:
         raise TypeError("experts must be a non-empty nn.ModuleList of expert modules")
     if not isinstance(expert_indices, torch.Tensor) or expert_indices.dtype != torch.int64:

@@ -8,7 +8,7 @@ from moe_teach.transformer import BlockConfig, TransformerBlock
 
 
 def test_switch_loss_is_one_under_perfectly_uniform_routing():
-    experts, k = 4, 2
+    experts = 4
     probs = torch.full((8, experts), 1 / experts)
     indices = torch.tensor([[0, 1], [2, 3]] * 4)
     assert torch.isclose(switch_loss(probs, indices), torch.tensor(1.0))

@@ -59,7 +59,8 @@ def svg_bar_chart(values, labels, highlight=(), title: str = "", y_label: str = 
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'style="background:white;font-family:sans-serif;font-size:11px">']
     parts.append(f'<text x="{width / 2}" y="15" text-anchor="middle" font-weight="bold">{html.escape(title)}</text>')
-    parts.append(f'<line x1="{left}" y1="{top_pad + plot_h}" x2="{left + plot_w}" y2="{top_pad + plot_h}" stroke="black"/>')
+    axis_y = top_pad + plot_h
+    parts.append(f'<line x1="{left}" y1="{axis_y}" x2="{left + plot_w}" y2="{axis_y}" stroke="black"/>')
     parts.append(f'<line x1="{left}" y1="{top_pad}" x2="{left}" y2="{top_pad + plot_h}" stroke="black"/>')
     for tick in (0.0, 0.5, 1.0):
         y = top_pad + plot_h * (1 - tick)
