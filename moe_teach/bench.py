@@ -19,6 +19,7 @@ import statistics
 import time
 
 import torch
+from tqdm.auto import tqdm
 
 from .dispatch import DISPATCHERS
 from .experts import ACTIVATIONS, Expert, make_experts
@@ -65,7 +66,7 @@ def make_cases(tokens: int, width: int, hidden: int, num_experts: int, top_k: in
 
 
 def run_benchmark(tokens=4096, width=256, hidden=1024, num_experts=8, top_k=2, activation="relu",
-                  repeats=10, seed=0, rounds=3) -> dict[str, float]:
+                  repeats=10, seed=0, rounds=3, progress=False) -> dict[str, float]:
     """Median forward+backward seconds per case. Cases are interleaved over ``rounds`` to share noise."""
     check_positive_int("tokens", tokens)
     check_positive_int("width", width)
@@ -77,9 +78,13 @@ def run_benchmark(tokens=4096, width=256, hidden=1024, num_experts=8, top_k=2, a
     cases = make_cases(tokens, width, hidden, num_experts, top_k, activation, seed)
     samples: dict[str, list[float]] = {name: [] for name in cases}
     per_round = max(1, repeats // rounds)
+    bar = tqdm(total=rounds * len(cases), desc="timing", disable=not progress)
     for _ in range(rounds):
         for name, step in cases.items():
+            bar.set_postfix_str(name)
             samples[name].append(time_forward_backward(step, per_round))
+            bar.update()
+    bar.close()
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
