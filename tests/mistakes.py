@@ -1,0 +1,361 @@
+"""Wrong implementations a learner is likely to write, one list per exercise task.
+
+Each entry is ``(key, function)``: ``check(task, function)`` must fail with that mistake key,
+so the learner gets the hint meant for that mistake. Several come from bugs that public MoE
+implementations shipped (see COURSE.md): renormalised top-1, P_i from the top-k weights, f_i
+not divided by k, dropped tokens passed through, capacity without /E or k, softmax over the
+wrong dimension, gradient leaking into unchosen experts, z-loss without the square or with max.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+import moe_teach
+
+# ----------------------------------------------------------------------------- 01 experts
+
+
+def relu_expert_no_activation(x, up_weight, up_bias, down_weight, down_bias):
+    return (x @ up_weight.T + up_bias) @ down_weight.T + down_bias
+
+
+def relu_expert_relu_on_output(x, up_weight, up_bias, down_weight, down_bias):
+    return torch.relu((x @ up_weight.T + up_bias) @ down_weight.T + down_bias)
+
+
+def relu_expert_no_bias(x, up_weight, up_bias, down_weight, down_bias):
+    return torch.relu(x @ up_weight.T) @ down_weight.T
+
+
+def relu_expert_untransposed(x, up_weight, up_bias, down_weight, down_bias):
+    return torch.relu(x @ up_weight + up_bias) @ down_weight + down_bias
+
+
+def swiglu_swapped(x, gate_weight, up_weight, down_weight):
+    return (F.silu(x @ up_weight.T) * (x @ gate_weight.T)) @ down_weight.T
+
+
+def swiglu_relu(x, gate_weight, up_weight, down_weight):
+    return (torch.relu(x @ gate_weight.T) * (x @ up_weight.T)) @ down_weight.T
+
+
+def swiglu_sigmoid(x, gate_weight, up_weight, down_weight):
+    return (torch.sigmoid(x @ gate_weight.T) * (x @ up_weight.T)) @ down_weight.T
+
+
+def count_without_bias(input_dim, hidden_dim, output_dim, activation, bias):
+    in_layers = 2 if activation == "swiglu" else 1
+    return in_layers * input_dim * hidden_dim + hidden_dim * output_dim
+
+
+def count_swiglu_as_two_matrices(input_dim, hidden_dim, output_dim, activation, bias):
+    return input_dim * hidden_dim + hidden_dim * output_dim + (hidden_dim + output_dim if bias else 0)
+
+
+def count_float(input_dim, hidden_dim, output_dim, activation, bias):
+    return float(moe_teach.experts.expert_parameter_count(input_dim, hidden_dim, output_dim, activation,
+                                                          bias))
+
+
+# ----------------------------------------------------------------------------- 02 gating
+
+
+def gate_softmax_over_tokens(x, router_weight):
+    return torch.softmax(x @ router_weight.T, dim=0)
+
+
+def gate_raw_logits(x, router_weight):
+    return x @ router_weight.T
+
+
+def gate_sigmoid(x, router_weight):
+    return torch.sigmoid(x @ router_weight.T)
+
+
+def gate_transposed(x, router_weight):
+    return torch.softmax(router_weight @ x.T, dim=0)
+
+
+def mixture_unweighted(x, router_weight, experts):
+    return torch.stack([expert(x) for expert in experts], dim=1).mean(dim=1)
+
+
+def mixture_softmax_over_tokens(x, router_weight, experts):
+    probs = torch.softmax(x @ router_weight.T, dim=0)
+    return (probs.unsqueeze(-1) * torch.stack([expert(x) for expert in experts], dim=1)).sum(1)
+
+
+def mixture_detached_gate(x, router_weight, experts):
+    probs = torch.softmax(x @ router_weight.T, dim=-1).detach()
+    return (probs.unsqueeze(-1) * torch.stack([expert(x) for expert in experts], dim=1)).sum(1)
+
+
+# ----------------------------------------------------------------------------- 03 top-k sparsity
+
+
+def topk_not_renormalised(logits, k):
+    return torch.softmax(logits, dim=-1).topk(k, dim=-1)
+
+
+def topk_softmax_over_tokens(logits, k):
+    weights, indices = torch.softmax(logits, dim=0).topk(k, dim=-1)
+    return weights / weights.sum(-1, keepdim=True), indices
+
+
+def topk_smallest(logits, k):
+    weights, indices = torch.softmax(logits, dim=-1).topk(k, dim=-1, largest=False)
+    return weights / weights.sum(-1, keepdim=True), indices
+
+
+def topk_logits_as_weights(logits, k):
+    return logits.topk(k, dim=-1)
+
+
+def switch_renormalised(logits):
+    weights, indices = torch.softmax(logits, dim=-1).topk(1, dim=-1)
+    return weights / weights.sum(-1, keepdim=True), indices
+
+
+def switch_softmax_over_kept_logit(logits):
+    values, indices = logits.topk(1, dim=-1)
+    return torch.softmax(values, dim=-1), indices
+
+
+def switch_softmax_over_tokens(logits):
+    probs = torch.softmax(logits, dim=0)
+    indices = logits.argmax(-1, keepdim=True)
+    return probs.gather(1, indices), indices
+
+
+def switch_detached(logits):
+    weights, indices = torch.softmax(logits, dim=-1).max(-1, keepdim=True)
+    return weights.detach(), indices
+
+
+def _route(x, router_weight, k):
+    weights, indices = torch.softmax(x @ router_weight.T, dim=-1).topk(k, dim=-1)
+    return weights / weights.sum(-1, keepdim=True), indices
+
+
+def sparse_dense_mixture(x, router_weight, experts, k):
+    probs = torch.softmax(x @ router_weight.T, dim=-1)
+    return (probs.unsqueeze(-1) * torch.stack([expert(x) for expert in experts], dim=1)).sum(1)
+
+
+def sparse_mask_not_exactly_zero(x, router_weight, experts, k):
+    """Compute every expert, then 'mask' unchosen ones with a tiny weight instead of zero."""
+    weights, indices = _route(x, router_weight, k)
+    dense = torch.full((x.shape[0], len(experts)), 1e-9).scatter(1, indices, weights)
+    return (dense.unsqueeze(-1) * torch.stack([expert(x) for expert in experts], dim=1)).sum(1)
+
+
+def sparse_not_renormalised(x, router_weight, experts, k):
+    weights, indices = torch.softmax(x @ router_weight.T, dim=-1).topk(k, dim=-1)
+    outputs = torch.stack([expert(x) for expert in experts], dim=1)
+    dense = torch.zeros(x.shape[0], len(experts)).scatter(1, indices, weights)
+    return (dense.unsqueeze(-1) * outputs).sum(1)
+
+
+# ----------------------------------------------------------------------------- 04 dispatch and capacity
+
+
+def capacity_without_num_experts(num_tokens, num_experts, top_k, capacity_factor):
+    return math.ceil(capacity_factor * num_tokens * top_k)
+
+
+def capacity_without_top_k(num_tokens, num_experts, top_k, capacity_factor):
+    return math.ceil(capacity_factor * num_tokens / num_experts)
+
+
+def capacity_floor(num_tokens, num_experts, top_k, capacity_factor):
+    return int(capacity_factor * num_tokens * top_k / num_experts)
+
+
+def _positions(order, num_experts):
+    one_hot = F.one_hot(order, num_experts)
+    return ((one_hot.cumsum(0) - one_hot) * one_hot).sum(-1)
+
+
+def keep_token_major(expert_indices, num_experts, capacity):
+    """Serves (token, slot) pairs row by row: a token's 2nd choice before the next token's 1st."""
+    return (_positions(expert_indices.reshape(-1), num_experts) < capacity).view_as(expert_indices)
+
+
+def keep_off_by_one(expert_indices, num_experts, capacity):
+    num_tokens, k = expert_indices.shape
+    return (_positions(expert_indices.T.reshape(-1), num_experts) <= capacity).view(k, num_tokens).T
+
+
+def keep_drop_whole_expert(expert_indices, num_experts, capacity):
+    """Drops every assignment of an over-full expert instead of only the overflow."""
+    counts = torch.bincount(expert_indices.reshape(-1), minlength=num_experts)
+    return counts[expert_indices] <= capacity
+
+
+def _dispatch(x, experts, expert_indices, weights):
+    outputs = torch.stack([expert(x) for expert in experts], dim=1)                  # [T, E, O]
+    chosen = outputs[torch.arange(x.shape[0])[:, None], expert_indices]            # [T, k, O]
+    return (chosen * weights.unsqueeze(-1)).sum(1)
+
+
+def dispatch_dropped_passthrough(x, experts, expert_indices, expert_weights, kept):
+    """A dropped assignment passes the token through as x * p (a bug public code shipped)."""
+    outputs = torch.stack([expert(x) for expert in experts], dim=1)
+    chosen = outputs[torch.arange(x.shape[0])[:, None], expert_indices]
+    chosen = torch.where(kept.unsqueeze(-1), chosen, x.unsqueeze(1))
+    return (chosen * expert_weights.unsqueeze(-1)).sum(1)
+
+
+def dispatch_ignores_kept(x, experts, expert_indices, expert_weights, kept):
+    return _dispatch(x, experts, expert_indices, expert_weights)
+
+
+def dispatch_renormalised_after_drop(x, experts, expert_indices, expert_weights, kept):
+    weights = expert_weights * kept
+    return _dispatch(x, experts, expert_indices, weights / weights.sum(-1, keepdim=True).clamp(min=1e-9))
+
+
+# ----------------------------------------------------------------------------- 05 load balancing
+
+
+def _fraction_and_mean(probs, expert_indices):
+    counts = torch.bincount(expert_indices.reshape(-1), minlength=probs.shape[-1]).float()
+    return counts, probs.mean(0)
+
+
+def switch_loss_f_not_divided_by_k(probs, expert_indices):
+    counts, mean_prob = _fraction_and_mean(probs, expert_indices)
+    return probs.shape[-1] * (counts / probs.shape[0] * mean_prob).sum()
+
+
+def switch_loss_p_from_topk(probs, expert_indices):
+    counts, _ = _fraction_and_mean(probs, expert_indices)
+    chosen = torch.zeros_like(probs).scatter(1, expert_indices, 1.0)
+    return probs.shape[-1] * (counts / expert_indices.numel() * (probs * chosen).mean(0)).sum()
+
+
+def switch_loss_missing_num_experts(probs, expert_indices):
+    counts, mean_prob = _fraction_and_mean(probs, expert_indices)
+    return (counts / expert_indices.numel() * mean_prob).sum()
+
+
+def switch_loss_gshard_mean(probs, expert_indices):
+    counts, mean_prob = _fraction_and_mean(probs, expert_indices)
+    return (counts / expert_indices.numel() * mean_prob).mean()
+
+
+def switch_loss_detached(probs, expert_indices):
+    counts, mean_prob = _fraction_and_mean(probs, expert_indices)
+    return probs.shape[-1] * (counts / expert_indices.numel() * mean_prob.detach()).sum()
+
+
+def z_loss_missing_square(logits):
+    return torch.logsumexp(logits, dim=-1).mean()
+
+
+def z_loss_max(logits):
+    return logits.max(dim=-1).values.square().mean()
+
+
+def z_loss_summed(logits):
+    return torch.logsumexp(logits, dim=-1).square().sum()
+
+
+def z_loss_wrong_dim(logits):
+    return torch.logsumexp(logits, dim=0).square().mean()
+
+
+# ----------------------------------------------------------------------------- 06 transformer block
+
+
+def block_post_norm(block, x):
+    x = block.norm1(x + block.attention(x))
+    return block.norm2(x + block.feed_forward(x))
+
+
+def block_missing_residual(block, x):
+    x = x + block.attention(block.norm1(x))
+    return block.feed_forward(block.norm2(x))
+
+
+def block_ffn_without_norm(block, x):
+    x = x + block.attention(block.norm1(x))
+    return x + block.feed_forward(x)
+
+
+def block_calls_itself(block, x):
+    return block(x)
+
+
+def aux_last_layer_only(model, balance_coef, z_coef):
+    losses = moe_teach.moe_layers(model)[-1].last_record.aux_losses
+    return balance_coef * losses["switch"] + z_coef * losses["z"]
+
+
+def aux_balance_coef_unused(model, balance_coef, z_coef):
+    return sum(layer.last_record.aux_losses["switch"] + z_coef * layer.last_record.aux_losses["z"]
+               for layer in moe_teach.moe_layers(model))
+
+
+def aux_averaged(model, balance_coef, z_coef):
+    layers = moe_teach.moe_layers(model)
+    losses = [layer.last_record.aux_losses for layer in layers]
+    total = sum(balance_coef * aux["switch"] + z_coef * aux["z"] for aux in losses)
+    return total / len(layers)
+
+
+def aux_item(model, balance_coef, z_coef):
+    return torch.tensor(sum(balance_coef * layer.last_record.aux_losses["switch"].item()
+                            + z_coef * layer.last_record.aux_losses["z"].item()
+                            for layer in moe_teach.moe_layers(model)))
+
+
+def aux_every_block(model, balance_coef, z_coef):
+    """Assumes every block has an MoE feed-forward (fails on dense blocks)."""
+    return sum(balance_coef * block.feed_forward.last_record.aux_losses["switch"]
+               + z_coef * block.feed_forward.last_record.aux_losses["z"] for block in model)
+
+
+MISTAKES = {
+    "relu_expert": [("no_activation", relu_expert_no_activation), ("activation_on_output",
+                                                                   relu_expert_relu_on_output),
+                    ("missing_bias", relu_expert_no_bias), ("raised", relu_expert_untransposed)],
+    "swiglu_expert": [("swapped_gate_up", swiglu_swapped), ("wrong_activation", swiglu_relu),
+                      ("wrong_activation", swiglu_sigmoid)],
+    "count_expert_parameters": [("forgot_bias", count_without_bias), ("swiglu_gate",
+                                                                      count_swiglu_as_two_matrices),
+                                ("not_int", count_float)],
+    "gate_probabilities": [("softmax_wrong_dim", gate_softmax_over_tokens), ("no_softmax", gate_raw_logits),
+                           ("not_normalised", gate_sigmoid), ("transposed_output", gate_transposed)],
+    "soft_mixture": [("unweighted", mixture_unweighted), ("softmax_wrong_dim", mixture_softmax_over_tokens),
+                     ("router_no_grad", mixture_detached_gate)],
+    "top_k_routing": [("not_renormalised", topk_not_renormalised), ("softmax_wrong_dim",
+                                                                    topk_softmax_over_tokens),
+                      ("picked_smallest", topk_smallest), ("weights_are_logits", topk_logits_as_weights)],
+    "switch_routing": [("renormalised_top1", switch_renormalised),
+                       ("renormalised_top1", switch_softmax_over_kept_logit),
+                       ("softmax_wrong_dim", switch_softmax_over_tokens), ("no_gradient", switch_detached)],
+    "sparse_moe_forward": [("dense_mixture", sparse_dense_mixture), ("gradient_leak",
+                                                                     sparse_mask_not_exactly_zero),
+                           ("not_renormalised", sparse_not_renormalised)],
+    "capacity_per_expert": [("missing_num_experts", capacity_without_num_experts),
+                            ("missing_top_k", capacity_without_top_k), ("rounded_down", capacity_floor)],
+    "keep_mask": [("token_major_priority", keep_token_major), ("over_capacity", keep_off_by_one),
+                  ("dropped_with_room", keep_drop_whole_expert)],
+    "dispatch_with_capacity": [("dropped_passthrough", dispatch_dropped_passthrough),
+                               ("ignored_kept", dispatch_ignores_kept),
+                               ("renormalised_after_drop", dispatch_renormalised_after_drop)],
+    "switch_aux_loss": [("f_not_divided_by_k", switch_loss_f_not_divided_by_k), ("p_from_topk",
+                                                                                 switch_loss_p_from_topk),
+                        ("missing_num_experts", switch_loss_missing_num_experts),
+                        ("gshard_mean", switch_loss_gshard_mean), ("no_gradient", switch_loss_detached)],
+    "router_z_loss": [("missing_square", z_loss_missing_square), ("max_not_logsumexp", z_loss_max),
+                      ("sum_not_mean", z_loss_summed), ("wrong_dim", z_loss_wrong_dim)],
+    "block_forward": [("post_norm", block_post_norm), ("missing_residual", block_missing_residual),
+                      ("missing_norm", block_ffn_without_norm), ("called_block", block_calls_itself)],
+    "total_aux_loss": [("one_layer_only", aux_last_layer_only), ("balance_coef_unused",
+                                                                 aux_balance_coef_unused),
+                       ("averaged", aux_averaged), ("detached", aux_item), ("raised", aux_every_block)],
+}
