@@ -1,0 +1,223 @@
+"""A small decoder-only language model built from the lesson-06 transformer block.
+
+    ids [B, S] -> token embedding + position embedding -> N x TransformerBlock
+               -> final LayerNorm -> LM head -> logits [B, S, vocab_size]
+
+The whole model is described by one small dataclass, :class:`LMConfig` (nanoGPT style).
+``LMConfig.dense_twin(match)`` gives the dense baselines: ``"active"`` keeps the parameters a
+token uses (feed-forward width ``top_k * hidden_dim``), ``"total"`` keeps all parameters
+(width ``num_experts * hidden_dim``).
+
+Generation helpers at the end: :func:`next_word_probabilities` and :func:`generate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .tokenizer import WordTokenizer
+from .transformer import BlockConfig, TransformerBlock, dense_twin
+from .validation import check_non_negative_float, check_positive_int
+
+
+@dataclass
+class LMConfig:
+    """Sizes of the language model. ``moe=False`` gives a dense model (one FFN per block)."""
+
+    vocab_size: int = 256
+    max_seq_len: int = 48
+    num_layers: int = 2
+    dim: int = 64
+    num_heads: int = 4
+    hidden_dim: int = 64
+    num_experts: int = 4
+    top_k: int = 2
+    activation: str = "gelu"
+    router: str = "softmax"
+    capacity_factor: float | None = None
+    dispatch: str = "grouped"
+    moe: bool = True
+    tie_weights: bool = True
+
+    def __post_init__(self):
+        check_positive_int("vocab_size", self.vocab_size)
+        check_positive_int("max_seq_len", self.max_seq_len)
+        check_positive_int("num_layers", self.num_layers)
+        self.block_config()  # validates the block sizes
+
+    def block_config(self) -> BlockConfig:
+        """The :class:`~moe_teach.transformer.BlockConfig` every block is built from."""
+        return BlockConfig(
+            dim=self.dim,
+            num_heads=self.num_heads,
+            hidden_dim=self.hidden_dim,
+            num_experts=self.num_experts,
+            top_k=self.top_k,
+            activation=self.activation,
+            router=self.router,
+            capacity_factor=self.capacity_factor,
+            dispatch=self.dispatch,
+            moe=self.moe,
+        )
+
+    def dense_twin(self, match: str = "active") -> LMConfig:
+        """The dense baseline with the same active (``"active"``) or total (``"total"``) parameters."""
+        block = dense_twin(self.block_config(), match)
+        return replace(self, moe=False, hidden_dim=block.hidden_dim)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LMConfig:
+        """Inverse of :meth:`to_dict`; unknown or missing keys give a ValueError naming them."""
+        if not isinstance(data, dict):
+            raise ValueError(f"config must be a dict, got {type(data).__name__}")
+        names = {f.name for f in fields(cls)}
+        unknown, missing = sorted(set(data) - names), sorted(names - set(data))
+        if unknown or missing:
+            raise ValueError(f"config keys do not match LMConfig: unknown {unknown}, missing {missing}")
+        return cls(**data)
+
+
+class LanguageModel(nn.Module):
+    """Decoder-only transformer LM, ``ids [B, S] -> logits [B, S, vocab_size]`` with ``S <= max_seq_len``."""
+
+    def __init__(self, config: LMConfig):
+        super().__init__()
+        if not isinstance(config, LMConfig):
+            raise TypeError(f"config must be an LMConfig, got {type(config).__name__}")
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.dim)
+        self.position_embedding = nn.Embedding(config.max_seq_len, config.dim)
+        self.blocks = nn.ModuleList(TransformerBlock(config.block_config()) for _ in range(config.num_layers))
+        self.norm = nn.LayerNorm(config.dim)
+        self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        if config.tie_weights:
+            self.head.weight = self.token_embedding.weight  # one [V, dim] matrix for input and output
+        self.apply(_init_weights)
+
+    def forward(self, ids: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``ids`` ``[B, S]`` int64 -> logits ``[B, S, V]``.
+
+        ``token_mask`` ``[B, S]`` (True = real token) keeps padding out of the routers'
+        auxiliary losses; causal attention already keeps trailing padding from affecting
+        real tokens.
+        """
+        self.check_ids(ids)
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        x = self.token_embedding(ids) + self.position_embedding(positions)  # [B, S, dim]
+        for block in self.blocks:
+            x = block(x, token_mask=token_mask)
+        return self.head(self.norm(x))
+
+    def check_ids(self, ids) -> None:
+        """Raise a clear TypeError/ValueError for ids the model cannot embed."""
+        if not isinstance(ids, torch.Tensor):
+            raise TypeError(f"ids must be a torch.Tensor of token ids, got {type(ids).__name__}")
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise TypeError(
+                f"ids must be an integer tensor (torch.long), got dtype {ids.dtype}; "
+                "token ids come from tokenizer.encode"
+            )
+        if ids.dim() != 2:
+            raise ValueError(
+                f"ids must have shape [batch, seq_len], got {tuple(ids.shape)}; "
+                "add a batch dimension with ids.unsqueeze(0)"
+            )
+        if ids.shape[1] > self.config.max_seq_len:
+            raise ValueError(
+                f"sequence length {ids.shape[1]} is longer than max_seq_len="
+                f"{self.config.max_seq_len}; keep only the last {self.config.max_seq_len} tokens"
+            )
+        if ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < self.config.vocab_size:
+            raise ValueError(
+                f"token ids must lie in 0..{self.config.vocab_size - 1} (vocab_size), "
+                f"got values from {int(ids.min())} to {int(ids.max())}"
+            )
+
+
+def _init_weights(module: nn.Module) -> None:
+    """GPT-2 style: normal(0, 0.02) for linear and embedding weights, zero biases."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+def encode_prompt(tokenizer: WordTokenizer, prompt: str) -> tuple[list[int], str]:
+    """``<bos>`` + the prompt's ids, and a note naming any word that became ``<unk>`` ("" if none)."""
+    unknown = tokenizer.unknown_words(prompt)
+    note = ""
+    if unknown:
+        note = (
+            f"note: {len(unknown)} word(s) not in the vocabulary were replaced by <unk>: "
+            f"{', '.join(repr(w) for w in unknown)}"
+        )
+    return tokenizer.encode(prompt, add_bos=True), note
+
+
+@torch.no_grad()
+def next_word_probabilities(
+    model: LanguageModel, tokenizer: WordTokenizer, prompt: str, top_n: int = 5
+) -> tuple[list[tuple[str, float]], str]:
+    """The ``top_n`` most likely next words after ``prompt`` with their probabilities, and the unk note."""
+    check_positive_int("top_n", top_n)
+    ids, note = encode_prompt(tokenizer, prompt)
+    probs = _next_token_probs(model, ids)
+    values, indices = probs.topk(min(top_n, probs.numel()))
+    return [(tokenizer.vocab[i], float(p)) for p, i in zip(values.tolist(), indices.tolist())], note
+
+
+def _next_token_probs(model: LanguageModel, ids: list[int]) -> torch.Tensor:
+    """``[V]`` next-token probabilities; the context is cut to the last ``max_seq_len`` ids."""
+    context = torch.tensor([ids[-model.config.max_seq_len :]], dtype=torch.long)
+    return torch.softmax(model(context)[0, -1].float(), dim=-1)
+
+
+@torch.no_grad()
+def generate(
+    model: LanguageModel,
+    tokenizer: WordTokenizer,
+    prompt: str,
+    max_new_words: int = 20,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> tuple[str, str]:
+    """Continue ``prompt``: greedy when ``temperature == 0``, else sampling at that temperature.
+
+    Stops at ``<eos>``. Sampling uses its own seeded generator, so the same seed gives the
+    same text. Returns ``(text, note)`` where ``note`` names words that became ``<unk>``.
+    The model is put in eval mode (no router noise) and restored afterwards.
+    """
+    check_positive_int("max_new_words", max_new_words)
+    temperature = check_non_negative_float("temperature", temperature)
+    ids, note = encode_prompt(tokenizer, prompt)
+    generator = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    try:
+        for _ in range(max_new_words):
+            probs = _next_token_probs(model, ids)
+            if temperature == 0:
+                next_id = int(probs.argmax())
+            else:
+                scaled = torch.softmax(torch.log(probs.clamp_min(1e-12)) / temperature, dim=-1)
+                next_id = int(torch.multinomial(scaled, 1, generator=generator))
+            if next_id == tokenizer.eos_id:
+                break
+            ids.append(next_id)
+    finally:
+        model.train(was_training)
+    return tokenizer.decode(ids), note
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
+    """Mean next-token cross-entropy over non-padding targets; ``logits [B, S, V]``, ``targets [B, S]``."""
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=pad_id
+    )

@@ -1,0 +1,300 @@
+"""Lesson 08: what an MoE layer costs, counted and measured on this machine.
+
+* Counted (exact, machine-independent): parameters (total and active per token) and FLOPs
+  per token, from :mod:`moe_teach.metrics`.
+* Measured (this machine, noisy): median wall time of a forward pass and of a forward plus
+  backward pass.
+* Memory: :func:`training_memory_bytes` adds up parameters, their gradients and every tensor
+  autograd saves for the backward pass (through ``torch.autograd.graph.saved_tensors_hooks``).
+  It is deterministic and counts what a training step must hold; it leaves out short-lived
+  temporaries and the allocator's overhead, so it is a lower bound on the process's peak.
+
+Every MoE layer is compared with two dense feed-forwards: ``dense-active`` (hidden width
+``top_k * hidden``: the same parameters per token) and ``dense-total`` (width
+``num_experts * hidden``: the same parameters in total).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from types import SimpleNamespace
+
+import torch
+from tqdm.auto import tqdm
+
+from .experts import Expert, expert_parameter_count
+from .layers import MoELayer
+from .lm import LanguageModel, LMConfig
+from .metrics import active_parameters, count_parameters, ffn_flops_per_token, moe_flops_per_token
+from .validation import check_positive_int, check_top_k
+
+MODELS = ("moe", "dense-active", "dense-total")
+
+
+# ----------------------------------------------------------------------------- measuring
+def median_seconds(fn, repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls, after ``warmup`` untimed calls."""
+    check_positive_int("repeats", repeats)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def training_memory_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes of parameters + gradients + tensors saved for backward, for one step on ``x``.
+
+    Saved tensors are counted once per storage (a view of a saved tensor is free), and
+    parameters saved by a layer are not counted again.
+    """
+    param_storages = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor):
+        ptr = tensor.untyped_storage().data_ptr()
+        if ptr not in param_storages:
+            saved[ptr] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = module(x)
+    out.sum().backward()
+    module.zero_grad(set_to_none=True)
+    param_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    return 2 * param_bytes + sum(saved.values())
+
+
+def make_layers(
+    dim: int, hidden: int, num_experts: int, top_k: int, seed: int = 0
+) -> dict[str, torch.nn.Module]:
+    """The MoE layer and its two dense twins (GELU experts with biases, dropless grouped dispatch)."""
+    check_top_k(top_k, num_experts)
+    torch.manual_seed(seed)
+    return {
+        "moe": MoELayer(dim, dim, num_experts, top_k, hidden, activation="gelu"),
+        "dense-active": Expert(dim, top_k * hidden, dim, "gelu"),
+        "dense-total": Expert(dim, num_experts * hidden, dim, "gelu"),
+    }
+
+
+def layer_counts(dim: int, hidden: int, num_experts: int, top_k: int) -> dict[str, dict[str, int]]:
+    """Parameters (total, active) and FLOPs per token of the three layers, by formula."""
+    experts_total = num_experts * expert_parameter_count(dim, hidden, dim, "gelu")
+    router = dim * num_experts
+    return {
+        "moe": {
+            "params": experts_total + router,
+            "active_params": top_k * expert_parameter_count(dim, hidden, dim, "gelu") + router,
+            "flops_per_token": moe_flops_per_token(dim, hidden, num_experts, top_k, activation="gelu"),
+        },
+        "dense-active": _dense_counts(dim, top_k * hidden),
+        "dense-total": _dense_counts(dim, num_experts * hidden),
+    }
+
+
+def _dense_counts(dim: int, width: int) -> dict[str, int]:
+    params = expert_parameter_count(dim, width, dim, "gelu")
+    return {
+        "params": params,
+        "active_params": params,
+        "flops_per_token": ffn_flops_per_token(dim, width, dim, "gelu"),
+    }
+
+
+def measure_layer(layer: torch.nn.Module, x: torch.Tensor, repeats: int = 5) -> dict[str, float]:
+    """Median seconds of forward (no grad) and forward + backward, and training memory in bytes."""
+
+    def forward():
+        with torch.no_grad():
+            layer(x)
+
+    def forward_backward():
+        layer(x).sum().backward()
+
+    return {
+        "forward_s": median_seconds(forward, repeats),
+        "forward_backward_s": median_seconds(forward_backward, repeats),
+        "memory_bytes": training_memory_bytes(layer, x),
+    }
+
+
+def sweep(
+    experts=(2, 4, 8, 16, 32),
+    top_ks=(1, 2, 4),
+    tokens: int = 1024,
+    dim: int = 64,
+    hidden: int = 64,
+    repeats: int = 5,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict]:
+    """One row per (model, num_experts, top_k) with counts and measurements; ``k > E`` is skipped.
+
+    Dense layers depend only on their width, so each width is measured once and reused.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, dim, generator=generator, requires_grad=True)
+    pairs = [(e, k) for e in experts for k in top_ks if k <= e]
+    cache: dict[tuple, dict] = {}
+    rows = []
+    for num_experts, top_k in tqdm(pairs, desc="sweep", disable=not progress):
+        layers = make_layers(dim, hidden, num_experts, top_k, seed)
+        counts = layer_counts(dim, hidden, num_experts, top_k)
+        for name, layer in layers.items():
+            key = (name, num_experts, top_k) if name == "moe" else ("dense", layer.hidden_dim)
+            if key not in cache:
+                cache[key] = measure_layer(layer, x, repeats)
+            rows.append(
+                {
+                    "model": name,
+                    "num_experts": num_experts,
+                    "top_k": top_k,
+                    "tokens": tokens,
+                    **counts[name],
+                    **cache[key],
+                }
+            )
+    return rows
+
+
+# ----------------------------------------------------------------------------- the gap
+@torch.no_grad()
+def moe_forward_breakdown(
+    tokens: int = 2048,
+    dim: int = 64,
+    hidden: int = 64,
+    num_experts: int = 8,
+    top_k: int = 2,
+    repeats: int = 7,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Median seconds of each stage of a grouped MoE forward, and of the dense-active forward.
+
+    Stages: ``router`` (logits, softmax, top-k), ``sort_gather`` (argsort by expert, counts,
+    gather tokens), ``experts`` (one matmul chain per expert slice), ``combine`` (weight,
+    scatter back, sum over k). ``moe_total`` is the whole layer; ``dense_active`` the dense
+    feed-forward doing the same expert FLOPs in one big matmul chain.
+    """
+    layers = make_layers(dim, hidden, num_experts, top_k, seed)
+    moe, dense = layers["moe"], layers["dense-active"]
+    x = torch.randn(tokens, dim, generator=torch.Generator().manual_seed(seed))
+    routed = moe.router(x)
+    flat = routed.expert_indices.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=num_experts).tolist()
+    chunks = x.index_select(0, order // top_k).split(counts)
+    outputs = torch.cat([expert(chunk) for expert, chunk in zip(moe.experts, chunks)])
+
+    def sort_gather():
+        o = torch.argsort(flat, stable=True)
+        torch.bincount(flat, minlength=num_experts).tolist()
+        x.index_select(0, o // top_k)
+
+    def combine():
+        y = outputs * routed.expert_weights.reshape(-1).index_select(0, order).unsqueeze(1)
+        y.new_zeros(tokens * top_k, dim).index_copy(0, order, y).view(tokens, top_k, dim).sum(dim=1)
+
+    stages = {
+        "router": lambda: moe.router(x),
+        "sort_gather": sort_gather,
+        "experts": lambda: [expert(chunk) for expert, chunk in zip(moe.experts, chunks)],
+        "combine": combine,
+        "moe_total": lambda: moe(x),
+        "dense_active": lambda: dense(x),
+    }
+    return {name: median_seconds(fn, repeats) for name, fn in stages.items()}
+
+
+@torch.no_grad()
+def matmul_throughput(
+    row_counts=(16, 64, 256, 1024, 4096), dim: int = 64, hidden: int = 64, repeats: int = 7, seed: int = 0
+) -> dict[int, float]:
+    """GFLOP/s of one expert (GELU FFN) forward on ``rows`` tokens: small slices run less efficiently."""
+    torch.manual_seed(seed)
+    expert = Expert(dim, hidden, dim, "gelu")
+    result = {}
+    for rows in row_counts:
+        x = torch.randn(rows, dim)
+        seconds = median_seconds(lambda: expert(x), repeats)
+        result[rows] = rows * ffn_flops_per_token(dim, hidden, dim, "gelu") / seconds / 1e9
+    return result
+
+
+# ----------------------------------------------------------------------------- claims
+def flop_saving(
+    num_experts: int, top_k: int, dim: int, hidden: int, seq_len: int | None = None
+) -> dict[str, float]:
+    """Fraction of FLOPs an MoE layer saves against each dense twin (1 - moe / dense).
+
+    With ``seq_len`` the attention of a whole block is added to both sides (it is the same in
+    both, so the saving shrinks).
+    """
+    counts = layer_counts(dim, hidden, num_experts, top_k)
+    extra = 0
+    if seq_len is not None:
+        from .metrics import attention_flops_per_token
+
+        extra = attention_flops_per_token(dim, seq_len)
+    moe = counts["moe"]["flops_per_token"] + extra
+    return {
+        name: 1 - moe / (counts[name]["flops_per_token"] + extra) for name in ("dense-active", "dense-total")
+    }
+
+
+def lm_parameter_formula(config: LMConfig) -> tuple[int, int]:
+    """``(total, active)`` parameters of :class:`~moe_teach.lm.LanguageModel` by formula (tied head)."""
+    d = config.dim
+    expert = expert_parameter_count(d, config.hidden_dim, d, config.activation)
+    attention = 4 * d * d + 4 * d
+    norms = 4 * d
+    if config.moe:
+        router = d * config.num_experts
+        total_ffn, active_ffn = config.num_experts * expert + router, config.top_k * expert + router
+    else:
+        total_ffn = active_ffn = expert
+    shared = config.vocab_size * d + config.max_seq_len * d + 2 * d
+    if not config.tie_weights:
+        shared += config.vocab_size * d
+    per_layer = attention + norms
+    layers = config.num_layers
+    return shared + layers * (per_layer + total_ffn), shared + layers * (per_layer + active_ffn)
+
+
+def counted_on_meta(config: LMConfig) -> tuple[int, int]:
+    """``(total, active)`` from :mod:`moe_teach.metrics` on a model built on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = LanguageModel(config)
+    return count_parameters(model), active_parameters(model)
+
+
+def find_config(
+    active_target: float = 12e6, total_target: float = 100e6, vocab_size: int = 8192, max_seq_len: int = 512
+) -> LMConfig:
+    """The LM configuration of a small grid whose total and active parameters come closest to the targets."""
+    defaults = dict(activation="gelu", moe=True, tie_weights=True)  # LMConfig's, checked cheaply
+    best, best_error = None, float("inf")
+    for dim in (256, 384, 512, 768):
+        for num_layers in (4, 6, 8, 12):
+            for num_experts in (8, 16, 32, 64):
+                for top_k in (1, 2):
+                    for hidden in range(256, 4097, 256):
+                        sizes = dict(
+                            vocab_size=vocab_size,
+                            max_seq_len=max_seq_len,
+                            num_layers=num_layers,
+                            dim=dim,
+                            num_heads=8,
+                            hidden_dim=hidden,
+                            num_experts=num_experts,
+                            top_k=top_k,
+                        )
+                        total, active = lm_parameter_formula(SimpleNamespace(**defaults, **sizes))
+                        error = abs(total / total_target - 1) + abs(active / active_target - 1)
+                        if error < best_error:
+                            best, best_error = sizes, error
+    return LMConfig(**best)

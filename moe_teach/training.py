@@ -1,0 +1,399 @@
+"""Training the language model: data tensors, the loop, evaluation, routing tables, checkpoints.
+
+One training step::
+
+    loss = cross_entropy(model(inputs), targets)          # task loss, padding ignored
+         + switch_coef * sum over layers of switch loss   # balancing (minimum 1 per layer)
+         + z_coef * sum over layers of router z-loss      # keeps router logits small
+    clip the gradient norm, AdamW step, learning rate from warm-up + cosine decay
+
+The same code runs in lesson 07 and in ``moe-teach train`` (see :func:`run`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .data import DOMAINS, Document, make_corpus
+from .lm import LanguageModel, LMConfig, lm_loss
+from .tokenizer import WordTokenizer
+from .transformer import collect_aux_losses, moe_layers
+from .validation import check_non_negative_float, check_positive_float, check_positive_int
+
+MODEL_KINDS = ("moe", "dense-active", "dense-total")
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class LMData:
+    """Documents as tensors: ``inputs``/``targets`` ``[N, S]`` (targets shifted by one), ``domains [N]``."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    domains: torch.Tensor
+    pad_id: int = 0
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+    def batch(self, rows: torch.Tensor):
+        """``(inputs, targets, token_mask)`` of ``rows``, cut to the longest real sequence among them."""
+        inputs, targets = self.inputs[rows], self.targets[rows]
+        mask = inputs != self.pad_id
+        length = int(mask.sum(dim=1).max())
+        return inputs[:, :length], targets[:, :length], mask[:, :length]
+
+
+def encode_documents(documents: list[Document], tokenizer: WordTokenizer, max_seq_len: int) -> LMData:
+    """``<bos> words <eos>`` per document, cut to ``max_seq_len + 1`` ids, padded with ``<pad>``."""
+    check_positive_int("max_seq_len", max_seq_len)
+    rows = [tokenizer.encode(doc.text, add_bos=True, add_eos=True)[: max_seq_len + 1] for doc in documents]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+    domains = torch.tensor([DOMAINS.index(doc.domain) for doc in documents])
+    return LMData(ids[:, :-1], ids[:, 1:], domains, tokenizer.pad_id)
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs besides the model: corpus, tokenizer and the two tensor sets."""
+
+    corpus: object
+    tokenizer: WordTokenizer
+    train: LMData
+    validation: LMData
+
+
+def prepare_data(documents_per_domain: int = 300, seed: int = 0, max_seq_len: int = 48) -> Prepared:
+    """Generate the corpus, build the tokenizer from the training text, encode both splits."""
+    corpus = make_corpus(documents_per_domain, seed=seed)
+    tokenizer = WordTokenizer.from_texts(doc.text for doc in corpus.train)
+    return Prepared(
+        corpus,
+        tokenizer,
+        encode_documents(corpus.train, tokenizer, max_seq_len),
+        encode_documents(corpus.validation, tokenizer, max_seq_len),
+    )
+
+
+def model_config(kind: str, base: LMConfig) -> LMConfig:
+    """``"moe"`` -> ``base``; ``"dense-active"``/``"dense-total"`` -> its dense twin."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, MODEL_KINDS))}, got {kind!r}")
+    return base if kind == "moe" else base.dense_twin(kind.split("-")[1])
+
+
+def build_model(config: LMConfig, seed: int = 0) -> LanguageModel:
+    """A freshly initialised model; the seed makes the initial weights reproducible."""
+    torch.manual_seed(seed)
+    return LanguageModel(config)
+
+
+# ----------------------------------------------------------------------------- training
+@dataclass
+class TrainConfig:
+    """Optimisation settings (the same for every model compared)."""
+
+    steps: int = 150
+    batch_size: int = 16
+    lr: float = 3e-3
+    warmup_steps: int = 15
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    switch_coef: float = 1e-2
+    z_coef: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self):
+        check_positive_int("steps", self.steps)
+        check_positive_int("batch_size", self.batch_size)
+        check_positive_float("lr", self.lr)
+        if (
+            isinstance(self.warmup_steps, bool)
+            or not isinstance(self.warmup_steps, int)
+            or self.warmup_steps < 0
+        ):
+            raise ValueError(f"warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be between 0 and 1, got {self.min_lr_ratio}")
+        check_non_negative_float("weight_decay", self.weight_decay)
+        check_positive_float("grad_clip", self.grad_clip)
+        check_non_negative_float("switch_coef", self.switch_coef)
+        check_non_negative_float("z_coef", self.z_coef)
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr_ratio * lr``."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+def batch_schedule(num_rows: int, steps: int, batch_size: int, seed: int) -> torch.Tensor:
+    """``[steps, batch_size]`` row ids: shuffled epochs from a seeded generator (same for every model)."""
+    generator = torch.Generator().manual_seed(seed)
+    epochs = math.ceil(steps * batch_size / num_rows)
+    order = torch.cat([torch.randperm(num_rows, generator=generator) for _ in range(epochs)])
+    return order[: steps * batch_size].view(steps, batch_size)
+
+
+@dataclass
+class History:
+    """What happened at each step: losses, learning rate, gradient norm, expert load ``[L, E]``."""
+
+    loss: list[float] = field(default_factory=list)
+    switch: list[float] = field(default_factory=list)
+    z: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    grad_norm: list[float] = field(default_factory=list)
+    expert_load: list[torch.Tensor] = field(default_factory=list)
+
+
+def train_model(
+    model: LanguageModel,
+    data: LMData,
+    config: TrainConfig | None = None,
+    progress: bool = True,
+    desc: str = "training",
+) -> History:
+    """Train ``model`` in place on ``data``; returns the per-step :class:`History`."""
+    config = TrainConfig() if config is None else config
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = batch_schedule(len(data), config.steps, config.batch_size, config.seed)
+    history = History()
+    model.train()
+    bar = tqdm(schedule, desc=desc, disable=not progress, leave=True)
+    for step, rows in enumerate(bar):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, config)
+        inputs, targets, mask = data.batch(rows)
+        task = lm_loss(model(inputs, token_mask=mask), targets, data.pad_id)
+        aux = collect_aux_losses(model)
+        loss = task
+        if aux:  # dense models have no router, hence no auxiliary losses
+            loss = task + config.switch_coef * aux["switch"] + config.z_coef * aux["z"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        _record(history, task, aux, optimizer.param_groups[0]["lr"], grad_norm, model)
+        if step % 10 == 0 or step == config.steps - 1:
+            bar.set_postfix(loss=f"{task.item():.3f}")
+    bar.close()
+    return history
+
+
+def _record(history: History, task, aux, lr, grad_norm, model) -> None:
+    history.loss.append(task.item())
+    history.switch.append(aux["switch"].item() if aux else float("nan"))
+    history.z.append(aux["z"].item() if aux else float("nan"))
+    history.lr.append(lr)
+    history.grad_norm.append(float(grad_norm))
+    layers = moe_layers(model)
+    if layers:
+        counts = torch.stack([layer.last_record.tokens_per_expert.float() for layer in layers])  # [L, E]
+        history.expert_load.append(counts / counts.sum(dim=1, keepdim=True))
+
+
+# ----------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(model: LanguageModel, data: LMData, batch_size: int = 64) -> dict[str, float]:
+    """Validation perplexity ``exp(mean next-token loss)`` per domain and over ``"all"`` (eval mode)."""
+    was_training = model.training
+    model.eval()
+    nll = torch.zeros(len(DOMAINS), dtype=torch.float64)
+    count = torch.zeros(len(DOMAINS), dtype=torch.float64)
+    for rows in torch.arange(len(data)).split(batch_size):
+        inputs, targets, mask = data.batch(rows)
+        logits = model(inputs, token_mask=mask)
+        losses = F.cross_entropy(
+            logits.transpose(1, 2).float(), targets, ignore_index=data.pad_id, reduction="none"
+        )  # [B, S]
+        real = (targets != data.pad_id).double()
+        domains = data.domains[rows]
+        nll.index_add_(0, domains, (losses.double() * real).sum(dim=1))
+        count.index_add_(0, domains, real.sum(dim=1))
+    model.train(was_training)
+    result = {name: math.exp(nll[i] / count[i]) for i, name in enumerate(DOMAINS) if count[i] > 0}
+    result["all"] = math.exp(nll.sum() / count.sum())
+    return result
+
+
+@torch.no_grad()
+def domain_expert_counts(model: LanguageModel, data: LMData, batch_size: int = 64) -> torch.Tensor:
+    """``[L, domains, E]`` routing assignments of real (non-padding) tokens, per domain, in eval mode.
+
+    Read from each MoE layer's routing record. Each (layer, domain) row sums to the domain's
+    number of real tokens times ``top_k``.
+    """
+    layers = moe_layers(model)
+    if not layers:
+        raise ValueError("the model has no MoE layers, so there is no routing to count")
+    was_training = model.training
+    model.eval()
+    counts = torch.zeros(len(layers), len(DOMAINS), layers[0].num_experts)
+    for rows in torch.arange(len(data)).split(batch_size):
+        inputs, _, mask = data.batch(rows)
+        model(inputs, token_mask=mask)
+        token_domain = data.domains[rows].unsqueeze(1).expand_as(inputs).reshape(-1)  # [T]
+        real = mask.reshape(-1)
+        for i, layer in enumerate(layers):
+            record = layer.last_record
+            chosen = record.expert_indices[real]  # [T_real, k]
+            domain = token_domain[real].unsqueeze(1).expand_as(chosen)
+            counts[i].index_put_(
+                (domain.reshape(-1), chosen.reshape(-1)), torch.ones(chosen.numel()), accumulate=True
+            )
+    model.train(was_training)
+    return counts
+
+
+def domain_expert_shares(model: LanguageModel, data: LMData, batch_size: int = 64) -> torch.Tensor:
+    """``[L, domains, E]`` share of each domain's routing assignments per expert (each row sums to 1)."""
+    counts = domain_expert_counts(model, data, batch_size)
+    return counts / counts.sum(dim=-1, keepdim=True).clamp_min(1)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+CHECKPOINT_FORMAT = "moe-teach-lm/1"
+CHECKPOINT_KEYS = {"format", "config", "max_seq_len", "tokenizer", "state_dict"}
+
+
+def save_checkpoint(path, model: LanguageModel, tokenizer: WordTokenizer) -> Path:
+    """Write model weights, config (a dict), tokenizer (a vocab list) and ``max_seq_len`` to ``path``."""
+    if len(tokenizer) != model.config.vocab_size:
+        raise ValueError(
+            f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}"
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "config": model.config.to_dict(),
+            "max_seq_len": model.config.max_seq_len,
+            "tokenizer": tokenizer.to_dict(),
+            "state_dict": model.state_dict(),
+        },
+        path,
+    )
+    return path
+
+
+def read_checkpoint(path) -> dict:
+    """The checkpoint dict at ``path``, checked; clear errors for a missing, corrupt or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001
+        # torch raises many types here (UnpicklingError, RuntimeError, ...); the first line says why
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"{path} is not a readable moe-teach checkpoint (corrupt or not a torch file): {reason}"
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path} is not a moe-teach language-model checkpoint "
+            f"(expected a dict with format {CHECKPOINT_FORMAT!r})"
+        )
+    missing = CHECKPOINT_KEYS - set(data)
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks the entries {sorted(missing)}")
+    return data
+
+
+def load_checkpoint(path, model: LanguageModel | None = None) -> tuple[LanguageModel, WordTokenizer]:
+    """Load ``(model, tokenizer)`` from ``path``.
+
+    Without ``model`` a new one is built from the stored config. With ``model`` its config
+    must equal the stored one, otherwise a ValueError names the differing fields.
+    """
+    data = read_checkpoint(path)
+    try:
+        config = LMConfig.from_dict(data["config"])
+        tokenizer = WordTokenizer.from_dict(data["tokenizer"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"checkpoint {path} has an invalid config or tokenizer: {error}") from None
+    if data["max_seq_len"] != config.max_seq_len or len(tokenizer) != config.vocab_size:
+        raise ValueError(f"checkpoint {path} is inconsistent: max_seq_len/vocab size do not match its config")
+    if model is None:
+        model = LanguageModel(config)
+    elif model.config != config:
+        ours, theirs = model.config.to_dict(), config.to_dict()
+        diff = ", ".join(
+            f"{k}: model {ours[k]!r} vs checkpoint {theirs[k]!r}" for k in ours if ours[k] != theirs[k]
+        )
+        raise ValueError(f"checkpoint {path} was saved from another configuration ({diff})")
+    _load_state(model, data["state_dict"], path)
+    model.eval()
+    return model, tokenizer
+
+
+def _load_state(model: LanguageModel, state: dict, path) -> None:
+    expected = model.state_dict()
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {path} has no valid state_dict")
+    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or extra:
+        raise ValueError(
+            f"checkpoint {path} does not fit the model: missing keys {missing}, extra keys {extra}"
+        )
+    wrong = [k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]
+    if wrong:
+        raise ValueError(f"checkpoint {path} has tensors of the wrong shape: {wrong}")
+    model.load_state_dict(state)
+
+
+# ----------------------------------------------------------------------------- command line
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="moe", choices=MODEL_KINDS, help="which model to train")
+    parser.add_argument("--steps", type=int, default=600, help="optimizer steps")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed for the corpus, the weights and the batches"
+    )
+    parser.add_argument("--documents-per-domain", type=int, default=300)
+    parser.add_argument("--experts", type=int, default=4)
+    parser.add_argument("--top-k", type=int, default=2)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--out", default="runs/lm.pt", help="checkpoint path (default runs/lm.pt)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        torch.set_num_threads(check_positive_int("threads", args.threads))
+    prepared = prepare_data(args.documents_per_domain, seed=args.seed)
+    base = LMConfig(
+        vocab_size=len(prepared.tokenizer), num_layers=args.layers, num_experts=args.experts, top_k=args.top_k
+    )
+    model = build_model(model_config(args.model, base), seed=args.seed)
+    train_config = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=max(1, args.steps // 10),
+        seed=args.seed,
+    )
+    train_model(model, prepared.train, train_config, progress=not args.no_progress, desc=args.model)
+    perplexity = evaluate(model, prepared.validation)
+    path = save_checkpoint(args.out, model, prepared.tokenizer)
+    print("validation perplexity: " + ", ".join(f"{k} {v:.2f}" for k, v in perplexity.items()))
+    print(f"checkpoint written to {path}")
+    return 0

@@ -1,0 +1,73 @@
+import pytest
+import torch
+
+from moe_teach.experts import Expert
+from moe_teach.lm import LMConfig
+from moe_teach.metrics import active_parameters, count_parameters
+from moe_teach.performance import (
+    counted_on_meta,
+    find_config,
+    flop_saving,
+    layer_counts,
+    lm_parameter_formula,
+    make_layers,
+    median_seconds,
+    sweep,
+    training_memory_bytes,
+)
+
+
+def test_layer_counts_match_built_layers():
+    layers = make_layers(dim=16, hidden=8, num_experts=4, top_k=2)
+    counts = layer_counts(16, 8, 4, 2)
+    for name, layer in layers.items():
+        assert counts[name]["params"] == count_parameters(layer)
+    assert counts["moe"]["active_params"] == active_parameters(torch.nn.Sequential(layers["moe"]))
+
+
+def test_flop_saving_top2_of_4_is_half_minus_router():
+    saving = flop_saving(4, 2, dim=64, hidden=64)
+    assert 0.45 < saving["dense-total"] < 0.5
+    assert saving["dense-active"] < 0  # the router costs a little extra
+    assert flop_saving(4, 2, 64, 64, seq_len=128)["dense-total"] < saving["dense-total"]
+
+
+def test_training_memory_counts_saved_activations():
+    torch.manual_seed(0)
+    layer = Expert(8, 16, 8, "relu")
+    param_bytes = 4 * count_parameters(layer)
+    small = training_memory_bytes(layer, torch.randn(10, 8, requires_grad=True))
+    large = training_memory_bytes(layer, torch.randn(100, 8, requires_grad=True))
+    assert small > 2 * param_bytes
+    assert large > small
+    assert training_memory_bytes(layer, torch.randn(10, 8, requires_grad=True)) == small  # deterministic
+    assert all(p.grad is None for p in layer.parameters())
+
+
+def test_sweep_rows():
+    rows = sweep(experts=(2, 4), top_ks=(1, 4), tokens=32, dim=8, hidden=8, repeats=1, progress=False)
+    pairs = {(r["num_experts"], r["top_k"]) for r in rows}
+    assert pairs == {(2, 1), (4, 1), (4, 4)}  # k > E skipped
+    assert len(rows) == 3 * len(pairs)
+    for r in rows:
+        assert r["forward_s"] > 0 and r["forward_backward_s"] > 0 and r["memory_bytes"] > 0
+        assert r["active_params"] <= r["params"]
+
+
+def test_parameter_formula_matches_metrics_on_meta_device():
+    for config in (
+        LMConfig(vocab_size=50, num_experts=8, top_k=1, hidden_dim=32),
+        LMConfig(vocab_size=50, moe=False, tie_weights=False),
+    ):
+        assert lm_parameter_formula(config) == counted_on_meta(config)
+
+
+def test_find_config_hits_the_claim():
+    config = find_config(active_target=12e6, total_target=100e6)
+    total, active = counted_on_meta(config)
+    assert total == pytest.approx(100e6, rel=0.1) and active == pytest.approx(12e6, rel=0.1)
+
+
+def test_median_seconds_rejects_bad_repeats():
+    with pytest.raises(ValueError, match="repeats"):
+        median_seconds(lambda: None, repeats=0)

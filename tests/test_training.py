@@ -1,0 +1,152 @@
+import pytest
+import torch
+
+from moe_teach.cli import main
+from moe_teach.data import DOMAINS
+from moe_teach.lm import LMConfig
+from moe_teach.training import (
+    TrainConfig,
+    build_model,
+    domain_expert_counts,
+    domain_expert_shares,
+    evaluate,
+    learning_rate,
+    load_checkpoint,
+    model_config,
+    prepare_data,
+    save_checkpoint,
+    train_model,
+)
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    return prepare_data(documents_per_domain=12, seed=0, max_seq_len=48)
+
+
+def tiny_config(prepared, **changes):
+    sizes = dict(
+        vocab_size=len(prepared.tokenizer),
+        max_seq_len=48,
+        num_layers=2,
+        dim=32,
+        num_heads=2,
+        hidden_dim=32,
+        num_experts=4,
+        top_k=2,
+    )
+    return LMConfig(**{**sizes, **changes})
+
+
+def test_loss_decreases(prepared):
+    model = build_model(tiny_config(prepared), seed=0)
+    history = train_model(
+        model, prepared.train, TrainConfig(steps=30, batch_size=8, warmup_steps=3, lr=1e-2), progress=False
+    )
+    first, last = sum(history.loss[:5]) / 5, sum(history.loss[-5:]) / 5
+    assert last < first - 0.5, f"loss went from {first:.2f} to {last:.2f} (nats)"
+    assert len(history.expert_load) == 30 and history.expert_load[0].shape == (2, 4)
+    assert all(torch.isfinite(torch.tensor(history.switch)))
+
+
+def test_learning_rate_schedule():
+    config = TrainConfig(steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    rates = [learning_rate(s, config) for s in range(100)]
+    assert rates[9] == pytest.approx(1.0) and rates[0] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:]))
+    assert rates[-1] >= 0.1 and learning_rate(100, config) == pytest.approx(0.1)
+
+
+def test_evaluate_reports_every_domain(prepared):
+    model = build_model(tiny_config(prepared), seed=0)
+    perplexity = evaluate(model, prepared.validation)
+    assert set(perplexity) == set(DOMAINS) | {"all"}
+    # an untrained model is close to uniform over the vocabulary
+    assert 0.5 * len(prepared.tokenizer) < perplexity["all"] < 2 * len(prepared.tokenizer)
+
+
+def test_domain_routing_table_sums(prepared):
+    model = build_model(tiny_config(prepared, top_k=2), seed=0)
+    counts = domain_expert_counts(model, prepared.validation)
+    shares = domain_expert_shares(model, prepared.validation)
+    assert counts.shape == shares.shape == (2, len(DOMAINS), 4)
+    real = prepared.validation.inputs != prepared.validation.pad_id
+    for d in range(len(DOMAINS)):
+        tokens = int(real[prepared.validation.domains == d].sum())
+        assert torch.all(counts[:, d].sum(dim=-1) == 2 * tokens)
+    assert torch.allclose(shares.sum(dim=-1), torch.ones(2, len(DOMAINS)))
+    with pytest.raises(ValueError, match="no MoE layers"):
+        domain_expert_counts(build_model(tiny_config(prepared).dense_twin("active")), prepared.validation)
+
+
+def test_checkpoint_round_trip_gives_identical_logits(prepared, tmp_path):
+    model = build_model(tiny_config(prepared), seed=1).eval()
+    path = save_checkpoint(tmp_path / "lm.pt", model, prepared.tokenizer)
+    loaded, tokenizer = load_checkpoint(path)
+    ids = prepared.validation.inputs[:4]
+    assert tokenizer == prepared.tokenizer
+    assert loaded.config == model.config
+    assert torch.equal(loaded(ids), model(ids))
+    again, _ = load_checkpoint(path, build_model(tiny_config(prepared), seed=7))
+    assert torch.equal(again(ids), model(ids))
+
+
+def test_bad_checkpoints_give_clear_errors(prepared, tmp_path):
+    model = build_model(tiny_config(prepared), seed=1)
+    path = save_checkpoint(tmp_path / "lm.pt", model, prepared.tokenizer)
+    with pytest.raises(ValueError, match="another configuration.*num_experts"):
+        load_checkpoint(path, build_model(tiny_config(prepared, num_experts=8)))
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_checkpoint(tmp_path / "missing.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ValueError, match="corrupt.pt"):
+        load_checkpoint(corrupt)
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    with pytest.raises(ValueError, match="notes.pt"):
+        load_checkpoint(text)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(ValueError, match="not a moe-teach"):
+        load_checkpoint(other)
+    data = torch.load(path, weights_only=True)
+    data["state_dict"]["extra.weight"] = torch.zeros(1)
+    torch.save(data, tmp_path / "extra.pt")
+    with pytest.raises(ValueError, match="extra keys \\['extra.weight'\\]"):
+        load_checkpoint(tmp_path / "extra.pt")
+    del data["state_dict"]["extra.weight"], data["state_dict"]["norm.bias"]
+    torch.save(data, tmp_path / "missing_key.pt")
+    with pytest.raises(ValueError, match="missing keys \\['norm.bias'\\]"):
+        load_checkpoint(tmp_path / "missing_key.pt")
+
+
+def test_model_kinds(prepared):
+    base = tiny_config(prepared)
+    assert model_config("moe", base) is base
+    assert model_config("dense-total", base).hidden_dim == 4 * base.hidden_dim
+    with pytest.raises(ValueError, match="kind"):
+        model_config("sparse", base)
+
+
+def test_cli_train_writes_a_loadable_checkpoint(tmp_path, capsys):
+    path = tmp_path / "run" / "lm.pt"
+    code = main(
+        [
+            "train",
+            "--steps",
+            "3",
+            "--documents-per-domain",
+            "8",
+            "--batch-size",
+            "4",
+            "--out",
+            str(path),
+            "--no-progress",
+            "--model",
+            "dense-active",
+        ]
+    )
+    assert code == 0 and "validation perplexity" in capsys.readouterr().out
+    model, tokenizer = load_checkpoint(path)
+    assert not model.config.moe and len(tokenizer) == model.config.vocab_size
