@@ -27,7 +27,14 @@ from .routing import (
     smooth_load,
     topk_softmax,
 )
-from .transformer import BlockConfig, CausalSelfAttention, TransformerBlock, collect_aux_losses, dense_twin, moe_layers
+from .transformer import (
+    BlockConfig,
+    CausalSelfAttention,
+    TransformerBlock,
+    collect_aux_losses,
+    dense_twin,
+    moe_layers,
+)
 
 __version__ = "0.1.0"
 

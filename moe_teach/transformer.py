@@ -19,7 +19,13 @@ from .dispatch import DISPATCHERS
 from .experts import ACTIVATIONS, Expert
 from .layers import MoELayer
 from .routing import ROUTERS
-from .validation import check_choice, check_float_tensor, check_positive_float, check_positive_int, check_top_k
+from .validation import (
+    check_choice,
+    check_float_tensor,
+    check_positive_float,
+    check_positive_int,
+    check_top_k,
+)
 
 
 @dataclass
