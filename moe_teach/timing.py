@@ -1,0 +1,111 @@
+"""Timing a piece of code the way benchmarks do: warm up, repeat, report the median.
+
+The first calls of a torch function are slower (memory allocation, kernel selection), and any
+single measurement can be hit by another process, so::
+
+    timing = time_callable(lambda: layer(x), repeats=20, warmup=3)
+    timing.median_ms
+
+Several callables compared with :func:`compare` are measured in interleaved rounds, so a
+burst of background load hits all of them alike. Times are wall-clock seconds
+(``time.perf_counter``) on whatever machine runs the lesson: read them as "measured here,
+this time", never as constants.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .validation import check_positive_int
+
+
+@dataclass
+class Timing:
+    """Wall-clock seconds of each timed call of one callable.
+
+    Attributes:
+        times: seconds of every timed repeat (warm-up calls excluded), in order.
+    """
+
+    times: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        """Median seconds per call."""
+        return statistics.median(self.times)
+
+    @property
+    def median_ms(self) -> float:
+        """Median milliseconds per call."""
+        return 1e3 * self.median
+
+    @property
+    def spread(self) -> float:
+        """``(max - min) / median``: a rough idea of how noisy the machine was."""
+        return (max(self.times) - min(self.times)) / self.median if self.median > 0 else 0.0
+
+
+def _check_non_negative_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    return value
+
+
+def time_callable(fn: Callable[[], object], repeats: int = 20, warmup: int = 3) -> Timing:
+    """Call ``fn()`` ``warmup`` times untimed, then ``repeats`` times timed; return the :class:`Timing`."""
+    if not callable(fn):
+        raise TypeError(f"fn must be a callable taking no arguments, got {type(fn).__name__}")
+    check_positive_int("repeats", repeats)
+    _check_non_negative_int("warmup", warmup)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return Timing(times)
+
+
+def compare(cases: dict[str, Callable[[], object]], repeats: int = 20, warmup: int = 3,
+            rounds: int = 4) -> dict[str, Timing]:
+    """Time every callable of ``cases`` (name -> fn), interleaved over ``rounds`` rounds.
+
+    Each case is warmed up once, then each round times every case ``repeats // rounds`` times
+    (at least once), so slow and fast moments of the machine are shared among the cases.
+    """
+    if not isinstance(cases, dict) or not cases:
+        raise ValueError("cases must be a non-empty dict of name -> callable")
+    check_positive_int("repeats", repeats)
+    check_positive_int("rounds", rounds)
+    _check_non_negative_int("warmup", warmup)
+    per_round = max(1, repeats // rounds)
+    results = {name: time_callable(fn, repeats=1, warmup=warmup) for name, fn in cases.items()}
+    for name in results:
+        results[name].times.clear()   # the call above only warmed up
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            results[name].times.extend(time_callable(fn, repeats=per_round, warmup=0).times)
+    return results
+
+
+def format_table(timings: dict[str, Timing], baseline: str | None = None, unit: str = "ms") -> str:
+    """A plain-text table: name, median time, and the ratio to ``baseline`` (default: the first case)."""
+    if not timings:
+        raise ValueError("timings must not be empty")
+    baseline = next(iter(timings)) if baseline is None else baseline
+    if baseline not in timings:
+        raise ValueError(f"baseline must be one of {', '.join(map(repr, timings))}, got {baseline!r}")
+    scale = {"ms": 1e3, "us": 1e6, "s": 1.0}
+    if unit not in scale:
+        raise ValueError(f"unit must be one of 'ms', 'us', 's', got {unit!r}")
+    width = max(len(name) for name in timings) + 2
+    lines = [f"{'case':<{width}}{'median ' + unit:>12}{'vs ' + baseline:>{len(baseline) + 6}}"]
+    base = timings[baseline].median
+    for name, timing in timings.items():
+        lines.append(f"{name:<{width}}{timing.median * scale[unit]:>12.3f}"
+                     f"{timing.median / base:>{len(baseline) + 6}.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,127 @@
+"""Drive the capacity explorer like a learner would (no browser) and recount what it shows."""
+
+import html
+import math
+import re
+import statistics
+import time
+
+import pytest
+
+from moe_teach.widgets import capacity_explorer
+
+CELL = re.compile(r'<rect data-token="(\d+)" data-expert="(\d+)" data-slot="(\d+)" data-kept="(true|false)"')
+
+
+def shown_cells(explorer):
+    """{(token, slot): (expert, kept)} for every chosen cell drawn in the grid."""
+    return {(int(t), int(s)): (int(e), k == "true") for t, e, s, k in CELL.findall(explorer.grid.value)}
+
+
+def shown_number(explorer, name):
+    return int(re.search(rf'data-{name}="(\d+)"', explorer.summary.value).group(1))
+
+
+def recount(cells, num_tokens, top_k, capacity):
+    """Serve every first choice (in token order), then every second choice, ... up to capacity."""
+    load, kept = {}, {}
+    for slot in range(top_k):
+        for token in range(num_tokens):
+            expert, _ = cells[(token, slot)]
+            kept[(token, slot)] = load.get(expert, 0) < capacity
+            load[expert] = load.get(expert, 0) + kept[(token, slot)]
+    return kept, load
+
+
+def assert_display_follows_the_capacity_rule(explorer, factor):
+    state = explorer.state
+    num_tokens, num_experts, top_k = state.num_tokens, state.num_experts, state.top_k
+    capacity = math.ceil(factor * num_tokens * top_k / num_experts)
+    cells = shown_cells(explorer)
+    assert len(cells) == num_tokens * top_k
+    expected = explorer.logits.topk(top_k, dim=-1).indices.tolist()   # router's choices
+    assert [[cells[(t, s)][0] for s in range(top_k)] for t in range(num_tokens)] == expected
+    kept, load = recount(cells, num_tokens, top_k, capacity)
+    assert {key: k for key, (_, k) in cells.items()} == kept
+    assert max(load.values()) <= capacity                                   # no expert over capacity
+    dropped = sum(not k for k in kept.values())
+    assert shown_number(explorer, "dropped") == dropped == state.num_dropped
+    assert shown_number(explorer, "capacity") == capacity == state.capacity
+    for expert in range(num_experts):   # a later choice kept at an expert => all earlier ones kept there
+        slots = [(s, k) for (t, s), (e, k) in cells.items() if e == expert]
+        for slot, was_kept in slots:
+            if was_kept:
+                assert all(k for s, k in slots if s < slot)
+    fully = [t for t in range(num_tokens) if not any(kept[(t, s)] for s in range(top_k))]
+    assert shown_number(explorer, "fully-dropped") == len(fully) and state.fully_dropped == fully
+    assert state.error is None and explorer.message.value == ""
+
+
+@pytest.mark.parametrize("factor", [0.25, 0.5, 0.75, 1.0, 1.25, 2.0, 3.0])
+def test_slider_values_follow_the_capacity_rule(factor):
+    explorer = capacity_explorer()
+    explorer.factor_slider.value = factor
+    assert explorer.state.capacity_factor == factor
+    assert explorer.factor_text.value == f"{factor:g}"
+    assert_display_follows_the_capacity_rule(explorer, factor)
+
+
+def test_small_factor_drops_and_large_factor_does_not():
+    explorer = capacity_explorer()
+    explorer.factor_slider.value = 0.5
+    assert explorer.state.num_dropped > 0
+    explorer.factor_text.value = "1000"
+    assert explorer.state.num_dropped == 0 and explorer.state.capacity_factor == 1000
+    assert all(all(row) for row in explorer.state.kept)
+    assert explorer.factor_slider.value == explorer.factor_slider.max   # clamped, not fired back
+    assert_display_follows_the_capacity_rule(explorer, 1000)
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 3])
+def test_every_k(top_k):
+    explorer = capacity_explorer(num_tokens=12, num_experts=4)
+    for factor in ("0.3", "0.8", "1.1", "1.6"):
+        explorer.k_slider.value = top_k
+        explorer.factor_text.value = factor
+        assert explorer.state.top_k == top_k
+        assert_display_follows_the_capacity_rule(explorer, float(factor))
+
+
+@pytest.mark.parametrize("bad, expected", [
+    ("abc", "'abc' is not a number"),
+    ("", "The box is empty"),
+    ("-1", "'-1' is not allowed"),
+    ("0", "'0' is not allowed"),
+    ("nan", "'nan' is not allowed"),
+])
+def test_malformed_factor_shows_a_message_and_the_explorer_keeps_working(bad, expected):
+    explorer = capacity_explorer()
+    explorer.factor_slider.value = 0.5
+    grid_before = explorer.grid.value
+    explorer.factor_text.value = bad
+    assert expected in html.unescape(explorer.message.value) and explorer.state.error is not None
+    assert explorer.state.capacity_factor == 0.5 and explorer.grid.value == grid_before
+    explorer.factor_slider.value = 1.5                       # the slider still works and clears the message
+    assert explorer.message.value == "" and explorer.state.capacity_factor == 1.5
+    assert_display_follows_the_capacity_rule(explorer, 1.5)
+
+
+def test_bad_arguments_name_the_argument():
+    with pytest.raises(ValueError, match="top_k"):
+        capacity_explorer(num_experts=3, top_k=4)
+    with pytest.raises(TypeError, match="num_tokens"):
+        capacity_explorer(num_tokens=2.5)
+    with pytest.raises(ValueError, match="capacity factor"):
+        capacity_explorer(capacity_factor=-1)
+
+
+def test_update_time_is_measured():
+    explorer = capacity_explorer()
+    factors = [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0]
+    times = []
+    for i in range(50):
+        start = time.perf_counter()
+        explorer.factor_slider.value = factors[i % len(factors)]
+        times.append(time.perf_counter() - start)
+    print(f"capacity explorer: median update {1e3 * statistics.median(times):.2f} ms over 50 updates")
+    assert_display_follows_the_capacity_rule(explorer, factors[49 % len(factors)])
