@@ -12,6 +12,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
 from .toy import REGION_NAMES, ToyData, input_grid
+from .validation import check_top_k
 from .widgets.common import ACCENT, MUTED
 
 EXPERT_COLOURS = plt.get_cmap("tab10").colors
@@ -21,10 +22,13 @@ def _axes(ax):
     return plt.subplots(figsize=(4.5, 4))[1] if ax is None else ax
 
 
-def draw_region_boundaries(ax, names: bool = True):
-    """Dashed quadrant boundaries of the toy task, with each region's id and rule name."""
-    ax.axhline(0, color="black", linestyle="--", linewidth=1)
-    ax.axvline(0, color="black", linestyle="--", linewidth=1)
+def draw_region_boundaries(ax, names: bool = True, colour: str = "black"):
+    """Dashed quadrant boundaries of the toy task, with each region's id and rule name.
+
+    ``colour``: the lines' colour; use ``"white"`` on a dark image.
+    """
+    ax.axhline(0, color=colour, linestyle="--", linewidth=1.2)
+    ax.axvline(0, color=colour, linestyle="--", linewidth=1.2)
     if names:
         corners = [(0.5, 0.9), (-0.5, 0.9), (-0.5, -0.9), (0.5, -0.9)]
         for region, ((x1, x2), name) in enumerate(zip(corners, REGION_NAMES)):
@@ -36,10 +40,14 @@ def draw_region_boundaries(ax, names: bool = True):
     return ax
 
 
-def plot_toy_task(data: ToyData, ax=None, title: str = "Toy task: target value of each point"):
-    """Scatter of the ``[N, 2]`` points coloured by their target, with the region boundaries."""
+def plot_toy_task(data: ToyData, ax=None, title: str = "Toy task: target value of each point",
+                  vmin=None, vmax=None):
+    """Scatter of the ``[N, 2]`` points coloured by their target, with the region boundaries.
+
+    Pass the same ``vmin``/``vmax`` to neighbouring panels so equal colours mean equal values.
+    """
     ax = _axes(ax)
-    points = ax.scatter(data.x[:, 0], data.x[:, 1], c=data.y[:, 0], cmap="viridis", s=6)
+    points = ax.scatter(data.x[:, 0], data.x[:, 1], c=data.y[:, 0], cmap="viridis", s=6, vmin=vmin, vmax=vmax)
     ax.figure.colorbar(points, ax=ax, label="target y")
     ax.set(xlabel="x1", ylabel="x2", title=title)
     return draw_region_boundaries(ax)
@@ -47,15 +55,18 @@ def plot_toy_task(data: ToyData, ax=None, title: str = "Toy task: target value o
 
 @torch.no_grad()
 def plot_on_grid(fn, ax=None, title: str = "", resolution: int = 101, vmin=None, vmax=None,
-                 colorbar_label: str = "output", names: bool = False):
-    """Heatmap over ``[-1, 1]^2`` of ``fn([R*R, 2]) -> [R*R, 1]`` (a model or ``toy_target``)."""
+                 colorbar_label: str = "output", names: bool = False, boundary_colour: str = "black"):
+    """Heatmap over ``[-1, 1]^2`` of ``fn([R*R, 2]) -> [R*R, 1]`` (a model or ``toy_target``).
+
+    ``boundary_colour``: colour of the dashed region boundaries (``"white"`` suits a dark image).
+    """
     ax = _axes(ax)
     _, _, points = input_grid(resolution)
     values = fn(points)[:, 0].reshape(resolution, resolution)
     image = ax.imshow(values, origin="lower", extent=(-1, 1, -1, 1), cmap="viridis", vmin=vmin, vmax=vmax)
     ax.figure.colorbar(image, ax=ax, label=colorbar_label, shrink=0.8)
     ax.set(xlabel="x1", ylabel="x2", title=title)
-    return draw_region_boundaries(ax, names=names)
+    return draw_region_boundaries(ax, names=names, colour=boundary_colour)
 
 
 @torch.no_grad()
@@ -82,35 +93,64 @@ def plot_gate_partition(layer, ax=None, resolution: int = 101,
 
 
 @torch.no_grad()
-def plot_expert_outputs(layer, resolution: int = 101, weighted: bool = False):
+def plot_expert_outputs(layer, resolution: int = 101, weighted: bool = False, limit: float = 1.5):
     """One heatmap per expert over the whole plane (the layer's ``output_dim`` must be 1).
 
     ``weighted=False`` shows ``expert_e(x)``; ``weighted=True`` shows its contribution to the
-    mixture, ``p_e(x) * expert_e(x)`` (these sum to the soft mixture's output). The white
-    outline marks where the gate gives that expert the highest probability. All panels share
-    one colour scale, clipped at the 98th percentile of the absolute values.
+    mixture, ``p_e(x) * expert_e(x)`` (these sum to the soft mixture's output). All panels share
+    one colour scale, clipped to ``[-limit, limit]`` (the toy targets' range): an expert may output
+    much larger values where the gate ignores it, and those would wash out everything else.
+    A thick white line with a black edge outlines where the gate picks that expert (its argmax
+    region); outside it the panel is faded.
     """
     num_experts = len(layer.experts)
-    fig, axes = plt.subplots(1, num_experts, figsize=(3.3 * num_experts, 3.3), constrained_layout=True)
+    fig, axes = plt.subplots(1, num_experts, figsize=(3.3 * num_experts, 3.5), constrained_layout=True)
     x1, x2, points = input_grid(resolution)
     probs = gate_probabilities_on_grid(layer, resolution)                       # [R, R, E]
     values = torch.stack([expert(points)[:, 0] for expert in layer.experts], -1)         # [R*R, E]
     values = values.reshape(resolution, resolution, num_experts)
     if weighted:
         values = values * probs
-    limit = float(values.abs().flatten().quantile(0.98))
-    winner = probs.argmax(-1)
+    winner = probs.argmax(-1)                                                   # [R, R]
     for expert_id, ax in enumerate(axes):
         image = ax.imshow(values[..., expert_id], origin="lower", extent=(-1, 1, -1, 1), cmap="viridis",
                           vmin=-limit, vmax=limit)
-        if (winner == expert_id).any():
-            ax.contour(x1, x2, (winner == expert_id).float(), levels=[0.5], colors="white", linewidths=2)
-        draw_region_boundaries(ax, names=False)
-        ax.set(xlabel="x1", ylabel="x2", title=f"expert {expert_id}")
+        draw_region_boundaries(ax, names=False, colour="lightgrey")
+        owned = (winner == expert_id).float()
+        faded = torch.zeros(resolution, resolution, 4)                          # RGBA overlay
+        faded[..., :3], faded[..., 3] = 1.0, 0.55 * (1 - owned)                 # white veil outside
+        ax.imshow(faded, origin="lower", extent=(-1, 1, -1, 1))
+        if owned.any():   # a black line under a white one: visible on dark and on light colours
+            ax.contour(x1, x2, owned, levels=[0.5], colors="black", linewidths=4)
+            ax.contour(x1, x2, owned, levels=[0.5], colors="white", linewidths=2)
+        share = float(owned.mean())
+        ax.set(xlabel="x1", ylabel="x2", title=f"expert {expert_id} (wins {share:.0%} of the plane)")
     label = "gate probability x expert output" if weighted else "expert output"
-    fig.colorbar(image, ax=axes, label=label, shrink=0.8)
+    fig.colorbar(image, ax=axes, label=f"{label} (clipped to ±{limit:g})", shrink=0.8, extend="both")
     what = "What each expert contributes to the mixture" if weighted else "What each expert computes"
-    fig.suptitle(f"{what} (white outline: where the gate picks it)")
+    fig.suptitle(f"{what}. Full colour, inside the white line: where the gate picks that expert; "
+                 "faded: where another expert wins")
+    return fig
+
+
+def plot_top_k_choices(probs, top_k: int, labels=None, title: str = "Gate probabilities and the top-k"):
+    """One bar chart per token of ``[T, E]`` gate probabilities, its ``top_k`` experts highlighted."""
+    probs = torch.as_tensor(probs, dtype=torch.float32).detach()
+    num_tokens = probs.shape[0]
+    check_top_k(top_k, probs.shape[1])
+    fig, axes = plt.subplots(1, num_tokens, figsize=(3.6 * num_tokens, 3.2), constrained_layout=True,
+                             squeeze=False)
+    chosen = probs.topk(top_k, dim=-1).indices                                  # [T, k]
+    for token, ax in enumerate(axes[0]):
+        name = labels[token] if labels is not None else f"token {token}"
+        plot_gate_probabilities(probs[token], chosen[token], ax=ax, title=name)
+        ax.set_xticks(range(probs.shape[1]), [str(e) for e in range(probs.shape[1])])
+        ax.set_xlabel("expert")
+        for text in ax.texts:   # the bar labels: small enough for 8 bars side by side
+            text.set_fontsize(7)
+        if token > 0 and ax.get_legend() is not None:
+            ax.get_legend().remove()
+    fig.suptitle(f"{title} (top-{top_k} of {probs.shape[1]} highlighted)")
     return fig
 
 

@@ -131,7 +131,7 @@ def train_regression(model: nn.Module, data: ToyData, steps: int = 300, lr: floa
     model.train()
     losses = []
     try:
-        for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+        for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=True):
             loss = nn.functional.mse_loss(model(data.x), data.y)
             optimizer.zero_grad()
             loss.backward()

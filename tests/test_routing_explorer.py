@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from moe_teach import moe_flops_per_token
-from moe_teach.widgets import routing_explorer
-from moe_teach.widgets.routing import EXAMPLES, INPUT_DIM, format_values
+from moe_teach.widgets import routing, routing_explorer
+from moe_teach.widgets.routing import CUSTOM, EXAMPLES, INPUT_DIM, MAX_ABS_VALUE, format_values
 
 BAR = re.compile(r'<rect data-index="(\d+)" data-value="([^"]+)" data-highlight="(true|false)"')
 
@@ -54,7 +54,7 @@ def test_each_example_from_the_dropdown():
     for name, values in EXAMPLES.items():
         explorer.example_dropdown.value = name
         assert explorer.values_text.value == format_values(values)
-        assert explorer.state.values == pytest.approx(values, abs=1e-3)
+        assert explorer.state.values == values          # the text box shows the example exactly
         assert_display_consistent(explorer)
         seen.add(tuple(round(p, 6) for p in explorer.state.probs))
     assert len(seen) == len(EXAMPLES)   # different tokens, different routing
@@ -149,3 +149,72 @@ def test_bad_arguments_name_the_argument():
         routing_explorer(example="zigzag")
     with pytest.raises(TypeError, match="output_dim"):
         routing_explorer(output_dim=2.5)
+
+
+SPIKE = "0, 0, 0, 0, 3, 0, 0, 0, 0, 0"
+
+
+@pytest.mark.parametrize("huge", ["1e40", str(MAX_ABS_VALUE * 10), f"-{MAX_ABS_VALUE * 2:g}"])
+def test_huge_values_are_rejected_with_a_message(huge):
+    explorer = routing_explorer()
+    before = explorer.state
+    explorer.values_text.value = huge + ", 2, 3, 4, 5, 6, 7, 8, 9, 10"
+    assert "too large" in html.unescape(explorer.message.value)
+    assert explorer.state.error is not None and explorer.state.values == before.values
+    assert explorer.state.probs == before.probs and all(math.isfinite(p) for p in explorer.state.probs)
+
+
+def test_a_non_finite_result_is_rejected_even_within_the_bound(monkeypatch):
+    monkeypatch.setattr(routing, "MAX_ABS_VALUE", float("inf"))
+    explorer = routing_explorer()
+    before = explorer.state
+    explorer.values_text.value = ", ".join(["3e38", "-3e38"] * (INPUT_DIM // 2))   # the layer overflows
+    assert "not finite" in html.unescape(explorer.message.value)
+    assert explorer.state.values == before.values
+    assert all(math.isfinite(v) for v in explorer.state.probs + explorer.state.output)
+
+
+def test_the_dropdown_follows_the_text_box():
+    explorer = routing_explorer()
+    assert explorer.example_dropdown.value == "linear ramp"
+    explorer.values_text.value = "0.5, -1, 2, 0, 0, 3.5, -2, 1, 1, 0.25"
+    assert explorer.example_dropdown.value == CUSTOM
+    assert explorer.values_text.value == "0.5, -1, 2, 0, 0, 3.5, -2, 1, 1, 0.25"   # custom text is kept
+    explorer.values_text.value = SPIKE                                             # typed an example exactly
+    assert explorer.example_dropdown.value == "single spike"
+    explorer.values_text.value = "abc"
+    assert explorer.example_dropdown.value == CUSTOM
+
+
+def test_picking_the_same_example_again_applies_it_after_an_invalid_entry():
+    explorer = routing_explorer()
+    ramp = explorer.values_text.value
+    explorer.values_text.value = "1, 2"                          # invalid
+    assert explorer.state.error is not None
+    explorer.example_dropdown.value = "linear ramp"
+    assert explorer.values_text.value == ramp and explorer.state.error is None
+    assert explorer.message.value == "" and explorer.state.values == EXAMPLES["linear ramp"]
+    assert_display_consistent(explorer)
+
+
+def test_example_values_are_shown_rounded():
+    for values in EXAMPLES.values():
+        for text in format_values(values).split(", "):
+            assert len(text.lstrip("-").replace(".", "")) <= 4 and "e" not in text and text != "-0"
+    assert format_values([1.2246e-16, -0.0, -1e-12, 0.33333, 2.71828]) == "0, 0, 0, 0.333, 2.72"
+
+
+def test_space_separated_values_ask_for_commas_and_a_trailing_comma_is_fine():
+    explorer = routing_explorer()
+    explorer.values_text.value = "1 2 3 4 5 6 7 8 9 10"
+    assert "Separate the values with commas" in html.unescape(explorer.message.value)
+    explorer.values_text.value = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
+    assert explorer.state.error is None and explorer.state.values == list(range(1, 11))
+    assert_display_consistent(explorer)
+
+
+def test_singular_expert_in_the_compute_line():
+    explorer = routing_explorer(top_k=1)
+    assert "(router + 1 expert)" in explorer.compute_box.value
+    explorer.k_slider.value = 2
+    assert "(router + 2 experts)" in explorer.compute_box.value

@@ -29,6 +29,19 @@ from .common import message_html, parse_values, svg_bar_chart
 
 INPUT_DIM = 10
 MIN_EXPERTS, MAX_EXPERTS = 2, 8
+MAX_ABS_VALUE = 1e6        # larger inputs are rejected: float32 overflows soon after
+CUSTOM = "(custom)"        # the dropdown's entry while the text box holds your own token
+
+
+def round_value(value: float) -> float:
+    """Round to 3 significant digits, with rounding dust (``1.2e-16``) and ``-0`` shown as ``0``."""
+    value = float(f"{value:.3g}")
+    return 0.0 if abs(value) < 1e-9 else value
+
+
+def format_values(values) -> str:
+    """``[0.5, -1.0, 1.2e-16]`` -> ``"0.5, -1, 0"`` (what the text box shows), 3 significant digits."""
+    return ", ".join(f"{round_value(v):g}" for v in values)
 
 
 def _random_example() -> list[float]:
@@ -36,19 +49,32 @@ def _random_example() -> list[float]:
     return torch.randn(INPUT_DIM, generator=generator).mul(1.5).tolist()
 
 
-#: Built-in tokens to try, name -> 10 values.
-EXAMPLES = {
+_RAW_EXAMPLES = {
     "linear ramp": [-1 + 2 * i / (INPUT_DIM - 1) for i in range(INPUT_DIM)],
     "alternating signs": [(-1.0) ** i for i in range(INPUT_DIM)],
     "sinusoid": [math.sin(2 * math.pi * i / INPUT_DIM) for i in range(INPUT_DIM)],
     "single spike": [3.0 if i == 4 else 0.0 for i in range(INPUT_DIM)],
     "random": _random_example(),
 }
+#: Built-in tokens to try, name -> 10 values, rounded so the text box shows them exactly.
+EXAMPLES = {name: [round_value(v) for v in values] for name, values in _RAW_EXAMPLES.items()}
 
 
-def format_values(values) -> str:
-    """``[0.5, -1.0]`` -> ``"0.5, -1"`` (what the text box shows)."""
-    return ", ".join(f"{v:.4g}" for v in values)
+def parse_token(text: str) -> list[float]:
+    """The 10 values typed in the text box; ValueError with a learner-friendly message otherwise.
+
+    Commas separate values (a trailing comma is fine). Values must be finite and at most
+    ``MAX_ABS_VALUE`` in size.
+    """
+    parts = [part for part in str(text).replace(";", ",").split(",") if part.strip()]
+    if any(len(part.split()) > 1 for part in parts):
+        raise ValueError(f"Separate the values with commas, e.g. 1, 2, 3 (got {text.strip()!r})")
+    values = parse_values(text, INPUT_DIM)
+    too_large = [v for v in values if abs(v) > MAX_ABS_VALUE]
+    if too_large:
+        raise ValueError(f"{too_large[0]:g} is too large: use values between {-MAX_ABS_VALUE:g} "
+                         f"and {MAX_ABS_VALUE:g}")
+    return values
 
 
 @dataclass
@@ -108,7 +134,8 @@ class RoutingExplorer(widgets.VBox):
         self.seed = seed
         check_choice("example", example, tuple(EXAMPLES))
 
-        self.example_dropdown = widgets.Dropdown(options=list(EXAMPLES), value=example, description="example")
+        self.example_dropdown = widgets.Dropdown(options=[*EXAMPLES, CUSTOM], value=example,
+                                                 description="example")
         self.values_text = widgets.Text(value=format_values(EXAMPLES[example]), continuous_update=False,
                                         description="token", layout=widgets.Layout(width="520px"),
                                         placeholder="10 comma-separated numbers, then Enter")
@@ -137,10 +164,26 @@ class RoutingExplorer(widgets.VBox):
 
     # --- events -------------------------------------------------------------------------
     def _on_example(self, change):
-        self.values_text.value = format_values(EXAMPLES[change["new"]])   # fires _on_text
+        if self._syncing or change["new"] == CUSTOM:
+            return
+        text = format_values(EXAMPLES[change["new"]])
+        if self.values_text.value == text:   # no change event would fire: apply it here
+            self.update()
+        self.values_text.value = text         # fires _on_text
 
     def _on_text(self, _change):
         self.update()
+        self._sync_dropdown()
+
+    def _sync_dropdown(self):
+        """Show the example the text box holds, or "(custom)" once it holds anything else."""
+        matching = [name for name, values in EXAMPLES.items() if self.state.error is None
+                    and self.state.values == values]
+        self._syncing = True
+        try:
+            self.example_dropdown.value = matching[0] if matching else CUSTOM
+        finally:
+            self._syncing = False
 
     def _on_sizes(self, _change):
         if self._syncing:
@@ -162,11 +205,16 @@ class RoutingExplorer(widgets.VBox):
 
         Malformed input never raises: it shows a message and the last valid token stays on display.
         """
+        previous = self.state.values
         try:
-            values, error = parse_values(self.values_text.value, INPUT_DIM), None
+            values, error = parse_token(self.values_text.value), None
         except ValueError as exc:   # keep showing the last valid token, with the message above it
-            values, error = self.state.values, str(exc)
-        self.state = self.compute(values)
+            values, error = previous, str(exc)
+        state = self.compute(values)
+        if not all(math.isfinite(v) for v in state.probs + state.output):
+            error = "These values overflow the layer (the result is not finite): try smaller values"
+            state = self.compute(previous)
+        self.state = state
         self.state.error = error
         self.message.value = "" if error is None else message_html(
             f"{error} (showing the last valid token)", error=True)
@@ -207,7 +255,8 @@ class RoutingExplorer(widgets.VBox):
         self.compute_box.value = (
             f'<div data-compute-share="{s.compute_share!r}">expert compute used: k/E = '
             f"{s.top_k}/{s.num_experts} = {s.compute_share:.0%}; FLOPs per token: {s.sparse_flops:,} "
-            f"(router + {s.top_k} experts) vs {s.dense_flops:,} (router + all {s.num_experts} experts) "
+            f"(router + {s.top_k} expert{'s' if s.top_k > 1 else ''}) "
+            f"vs {s.dense_flops:,} (router + all {s.num_experts} experts) "
             f"= {s.sparse_flops / s.dense_flops:.0%}</div>")
 
 
