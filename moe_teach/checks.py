@@ -173,7 +173,10 @@ def _call(fn, *args):
     except Exception as error:  # noqa: BLE001 - any learner error becomes a readable failure
         text = str(error).strip().split("\n")[0][:300]
         hint = "Read the error: it usually names the tensor whose shape or type is off. "
-        if "cannot be multiplied" in text:
+        if isinstance(error, AttributeError):
+            hint = ("Read the error: it names the attribute that an object lacks; print the objects you "
+                    "loop over or index to see what they are.")
+        elif "cannot be multiplied" in text:
             hint += ("nn.Linear stores its weight as [out_features, in_features], "
                      "so a layer computes x @ weight.T + bias.")
         else:
@@ -196,7 +199,7 @@ def _expect_pair(value, what: str):
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         raise Mistake("return_format",
                       f"your function should return a pair {what}, got a {type(value).__name__}",
-                      f"End with `return {what.strip('()')}`.")
+                      f"Return the two tensors together as a tuple {what}, in this order.")
     return value
 
 
@@ -217,12 +220,17 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def _diagnose(out, candidates: dict, messages: dict, generic: tuple):
-    """Raise the mistake whose candidate output matches ``out``, else the generic one."""
-    for key, value in candidates.items():
+def _diagnose(out, candidates: dict, messages: dict, generic: tuple, keys: dict | None = None):
+    """Raise the mistake whose candidate output matches ``out``, else the generic one.
+
+    ``candidates`` and ``messages`` share their labels; ``keys`` maps a label to the mistake key it
+    reports when several variants (each with its own message) share one key.
+    """
+    keys = keys or {}
+    for label, value in candidates.items():
         values = value if isinstance(value, list) else [value]
         if any(_close(out, v) for v in values):
-            raise Mistake(key, *messages[key])
+            raise Mistake(keys.get(label, label), *messages[label])
     key, message, hint = generic
     raise Mistake(key, message, hint)
 
@@ -267,12 +275,24 @@ def _check_relu_expert(fn):
         "no_activation": ("your output is what the expert gives without the ReLU, so the expert is linear",
                           "Apply torch.relu to the hidden layer, between the up and the down projection."),
         "activation_on_output": ("your output is never negative: the ReLU was applied to the output",
-                                 ("The ReLU belongs on the hidden layer only; the down projection's output "
-                                  "can be "
-                                 "negative.")),
-        "missing_bias": ("your output matches an expert without its biases",
-                         "Add up_bias after the up projection and down_bias after the down projection."),
+                                 "The ReLU belongs on the hidden layer only; the down projection's output "
+                                 "can be negative."),
+        "wrong_activation": ("your output matches an expert with another activation (GELU, SiLU, sigmoid or "
+                             "tanh) instead of ReLU",
+                             "This task's expert uses ReLU, max(z, 0), which torch.relu computes."),
+        "bias_after_activation": ("up_bias was added after the ReLU instead of before it",
+                                  "A layer adds its bias to its own output: up_bias belongs to the up "
+                                  "projection, inside the ReLU."),
+        "missing_both_biases": ("your output matches an expert without its two biases",
+                                "Each projection adds its own bias: up_bias after the up projection, "
+                                "down_bias after the down projection."),
+        "missing_up_bias": ("your output matches an expert without up_bias (down_bias is there)",
+                            "up_bias belongs to the up projection: add it before the ReLU."),
+        "missing_down_bias": ("your output matches an expert without down_bias (up_bias is there)",
+                              "down_bias belongs to the down projection: add it to the final output."),
     }
+    keys = dict.fromkeys(["missing_both_biases", "missing_up_bias", "missing_down_bias"], "missing_bias")
+    functional = torch.nn.functional
     for seed, (tokens, dim, hidden, out_dim) in enumerate([(5, 3, 8, 2), (1, 4, 6, 4), (7, 2, 5, 3)]):
         with _seeded(seed):
             expert, x = Expert(dim, hidden, out_dim, "relu"), torch.randn(tokens, dim)
@@ -282,31 +302,48 @@ def _check_relu_expert(fn):
         out = _call(fn, x.clone(), up_w.clone(), up_b.clone(), down_w.clone(), down_b.clone())
         _expect_tensor(out, expected.shape,
                        "The output is [tokens, output_dim]; a layer computes x @ weight.T + bias "
-                                            "with weight stored as [out_features, in_features].")
+                       "with weight stored as [out_features, in_features].")
         if _close(out, expected):
             continue
-        up = x @ up_w.T + up_b
+        up, up_no_bias = x @ up_w.T + up_b, x @ up_w.T
+
+        def down(hidden, bias=True):
+            return hidden @ down_w.T + (down_b if bias else 0)
+
+        others = [functional.gelu, lambda z: functional.gelu(z, approximate="tanh"), functional.silu,
+                  torch.sigmoid, torch.tanh]
         candidates = {
-            "no_activation": up @ down_w.T + down_b,
-            "activation_on_output": [torch.relu(torch.relu(up) @ down_w.T + down_b),
-                                     torch.relu(up @ down_w.T + down_b)],
-            "missing_bias": [torch.relu(x @ up_w.T) @ down_w.T, torch.relu(up) @ down_w.T,
-                             torch.relu(x @ up_w.T) @ down_w.T + down_b],
+            "no_activation": down(up),
+            "activation_on_output": [torch.relu(down(torch.relu(up))), torch.relu(down(up))],
+            "wrong_activation": [down(act(up)) for act in others],
+            "bias_after_activation": down(torch.relu(up_no_bias) + up_b),
+            "missing_both_biases": down(torch.relu(up_no_bias), bias=False),
+            "missing_up_bias": down(torch.relu(up_no_bias)),
+            "missing_down_bias": down(torch.relu(up), bias=False),
         }
         _diagnose(out, candidates, messages, (
             "wrong_values", (f"the shape is right but the values differ from the reference expert "
-                            f"(largest difference {_max_diff(out, expected):.3g})"),
-            "Compute relu(x @ up_weight.T + up_bias) @ down_weight.T + down_bias."))
+                             f"(largest difference {_max_diff(out, expected):.3g})"),
+            "Check the three steps of down(relu(up(x))) one at a time on a single token: which weight "
+            "each projection uses, where each bias is added, and that the ReLU sits in between."), keys)
 
 
 def _check_swiglu_expert(fn):
     messages = {
         "swapped_gate_up": ("you applied SiLU to the up projection instead of the gate projection",
-                            "SwiGLU is down(silu(gate(x)) * up(x)): the activation goes on the gate branch."),
-        "wrong_activation": ("the gate uses the wrong activation (ReLU or sigmoid instead of SiLU)",
+                            "The activation goes on the gate branch; the up branch stays linear."),
+        "wrong_activation": ("the gate uses the wrong activation (ReLU, sigmoid or GELU instead of SiLU)",
                              "SiLU(z) = z * sigmoid(z); torch.nn.functional.silu computes it."),
         "missing_up": ("your output has no up-projection branch: the gate is not multiplied by up(x)",
-                       "SwiGLU multiplies two branches element-wise: silu(gate(x)) * up(x)."),
+                       "SwiGLU has two branches, the activated gate and the linear up projection, "
+                       "and combines them before the down projection."),
+        "added_branches": ("you added the two branches; SwiGLU multiplies them",
+                           "The gate branch scales the up branch element by element: that is what makes "
+                           "it a gate."),
+        "silu_of_product": ("the SiLU was applied after combining the branches",
+                            "Only the gate branch goes through SiLU, before it meets the up branch."),
+        "silu_on_both": ("both branches went through SiLU",
+                         "Only the gate branch is activated; the up branch stays linear."),
     }
     silu = torch.nn.functional.silu
     for seed, (tokens, dim, hidden, out_dim) in enumerate([(5, 3, 8, 2), (1, 4, 6, 4), (6, 4, 3, 5)]):
@@ -318,29 +355,71 @@ def _check_swiglu_expert(fn):
         out = _call(fn, x.clone(), gate_w.clone(), up_w.clone(), down_w.clone())
         _expect_tensor(out, expected.shape,
                        "The output is [tokens, output_dim]; each projection is x @ weight.T "
-                                            "with weight stored as [out_features, in_features].")
+                       "with weight stored as [out_features, in_features].")
         if _close(out, expected):
             continue
         gate, up = x @ gate_w.T, x @ up_w.T
         candidates = {
             "swapped_gate_up": (silu(up) * gate) @ down_w.T,
-            "wrong_activation": [(torch.relu(gate) * up) @ down_w.T, (torch.sigmoid(gate) * up) @ down_w.T],
+            "wrong_activation": [(act(gate) * up) @ down_w.T
+                                 for act in (torch.relu, torch.sigmoid, torch.nn.functional.gelu)],
             "missing_up": [silu(gate) @ down_w.T, silu(up) @ down_w.T],
+            "added_branches": [(silu(gate) + up) @ down_w.T, silu(gate + up) @ down_w.T],
+            "silu_of_product": silu(gate * up) @ down_w.T,
+            "silu_on_both": (silu(gate) * silu(up)) @ down_w.T,
         }
         _diagnose(out, candidates, messages, (
             "wrong_values", (f"the shape is right but the values differ from the reference SwiGLU expert "
-                            f"(largest difference {_max_diff(out, expected):.3g})"),
-            "Compute (silu(x @ gate_weight.T) * (x @ up_weight.T)) @ down_weight.T."))
+                             f"(largest difference {_max_diff(out, expected):.3g})"),
+            "Check the steps one at a time on a single token: which weight each projection uses, which "
+            "branch gets the SiLU, how the two branches are combined (element-wise), then the down "
+            "projection."))
+
+
+def _parameter_pieces(dim: int, hidden: int, out_dim: int, activation: str, bias: bool) -> dict[str, int]:
+    """The expert's parameter tensors by name -> size (what a correct count adds up)."""
+    pieces = {"gate_weight": dim * hidden, "gate_bias": hidden} if activation == "swiglu" else {}
+    pieces.update(up_weight=dim * hidden, up_bias=hidden, down_weight=hidden * out_dim, down_bias=out_dim)
+    return pieces if bias else {name: n for name, n in pieces.items() if not name.endswith("bias")}
+
+
+_PIECE_WORDS = {
+    "up_bias": "a hidden_dim bias vector", "gate_bias": "a hidden_dim bias vector",
+    "down_bias": "an output_dim bias vector", "up_weight": "an input_dim x hidden_dim weight matrix",
+    "gate_weight": "an input_dim x hidden_dim weight matrix",
+    "down_weight": "a hidden_dim x output_dim weight matrix",
+}
+
+
+def _off_by_words(difference: int, pieces: dict[str, int]) -> str:
+    """Name a parameter tensor (or a weight + bias pair) whose size equals ``difference``, if any."""
+    size = abs(difference)
+    same_size = list(dict.fromkeys(_PIECE_WORDS[name] for name, n in pieces.items() if n == size))
+    if same_size:
+        return f"{' or '.join(same_size)}'s worth?"
+    for layer in ("up", "gate", "down"):
+        if pieces.get(f"{layer}_weight", 0) + pieces.get(f"{layer}_bias", 0) == size:
+            return f"a whole {layer} projection's worth (weight and bias)?"
+    return ("list the expert's weight matrices and bias vectors with their shapes and add up their sizes; "
+            "compare with sum(p.numel() for p in Expert(...).parameters()).")
 
 
 def _check_count_expert_parameters(fn):
     messages = {
         "forgot_bias": ("your count leaves out the biases",
                         "Each linear layer with a bias has one bias value per output feature."),
+        "ignored_bias_flag": ("your count includes biases although bias=False",
+                              "bias=False means no linear layer has a bias vector."),
         "swiglu_gate": ("your count for SwiGLU is off: it has three weight matrices (gate, up, down)",
                         "A SwiGLU expert has a gate and an up projection, both input_dim -> hidden_dim."),
-        "ignored_output_dim": ("your count uses input_dim where output_dim belongs",
+        "gate_without_swiglu": ("your count includes a gate projection for a ReLU or GELU expert",
+                                "Only SwiGLU has the extra gate projection; ReLU and GELU experts have two "
+                                "layers."),
+        "ignored_output_dim": ("your count does not use output_dim for the down projection",
                                "The down projection maps hidden_dim -> output_dim (plus output_dim biases)."),
+        "one_layer_only": ("your count covers only some of the expert's linear layers",
+                           "An expert has an up projection and a down projection (and a gate for SwiGLU); "
+                           "add up every layer's weight and bias."),
     }
     cases = [(8, 32, 8, "relu", True), (8, 32, 4, "gelu", False), (6, 16, 6, "swiglu", True),
              (5, 7, 3, "swiglu", False), (3, 4, 2, "relu", True), (1, 1, 1, "gelu", True)]
@@ -357,18 +436,31 @@ def _check_count_expert_parameters(fn):
             continue
         case = (f"input_dim={dim}, hidden_dim={hidden}, output_dim={out_dim}, "
                 f"activation={activation!r}, bias={bias}")
+        other = "swiglu" if activation != "swiglu" else "relu"
+        pieces = _parameter_pieces(dim, hidden, out_dim, activation, bias)
+        layers = {layer: pieces.get(f"{layer}_weight", 0) + pieces.get(f"{layer}_bias", 0)
+                  for layer in ("gate", "up", "down")}
         candidates = {
             "forgot_bias": expert_parameter_count(dim, hidden, out_dim, activation, False),
-            "swiglu_gate": [expert_parameter_count(dim, hidden, out_dim, "relu", bias)],
-            "ignored_output_dim": expert_parameter_count(dim, hidden, dim, activation, bias),
+            "ignored_bias_flag": expert_parameter_count(dim, hidden, out_dim, activation, True),
+            "swiglu_gate": expert_parameter_count(dim, hidden, out_dim, other, bias)
+            if activation == "swiglu" else [],
+            "gate_without_swiglu": expert_parameter_count(dim, hidden, out_dim, other, bias)
+            if activation != "swiglu" else [],
+            "ignored_output_dim": [expert_parameter_count(dim, hidden, wrong, activation, with_bias)
+                                   for wrong in (dim, hidden) if wrong != out_dim
+                                   for with_bias in {bias, False}],
+            "one_layer_only": [layers["up"], layers["down"], layers["gate"] + layers["up"]],
         }
         for key, value in candidates.items():
             if got in (value if isinstance(value, list) else [value]):
                 message, hint = messages[key]
                 raise Mistake(key, f"{message} (for {case} you gave {got})", hint)
-        raise Mistake("wrong_count", f"for {case} you counted {got} parameters",
-                      "Count each weight matrix (in_features * out_features) and each bias vector; "
-                      "compare with sum(p.numel() for p in Expert(...).parameters()).")
+        difference = got - expected
+        raise Mistake("wrong_count",
+                      f"for {case} you counted {got} parameters, "
+                      f"{abs(difference)} too {'many' if difference > 0 else 'few'}",
+                      f"Off by {abs(difference)} — {_off_by_words(difference, pieces)}")
 
 
 # ----------------------------------------------------------------------------- 02 gating
@@ -388,8 +480,8 @@ def _check_gate_probabilities(fn):
         out = _call(fn, x.clone(), router_weight.clone())
         if isinstance(out, torch.Tensor) and tuple(out.shape) == (num_experts, tokens):
             raise Mistake("transposed_output", f"your output has shape {list(out.shape)}: experts by tokens",
-                          "Return [tokens, num_experts]: router_weight is [num_experts, input_dim], "
-                          "so the logits are x @ router_weight.T.")
+                          "Return [tokens, num_experts]: router_weight is [num_experts, input_dim] "
+                          "(nn.Linear's layout), so it is transposed when it multiplies x.")
         _expect_tensor(out, expected.shape, "The output is [tokens, num_experts].")
         row_sums = out.detach().double().sum(dim=-1)
         if not torch.allclose(row_sums, torch.ones_like(row_sums), atol=1e-5):
@@ -407,9 +499,10 @@ def _check_gate_probabilities(fn):
                           "Use a softmax (not a sigmoid) over the experts dimension.")
         if not _close(out, expected):
             raise Mistake("wrong_values",
-                          "your probabilities sum to 1 but differ from softmax(x @ router_weight.T) "
+                          "your probabilities sum to 1 but differ from the softmax of the router logits "
                           f"(largest difference {_max_diff(out, expected):.3g})",
-                          "The logits are x @ router_weight.T with no scaling or sign change.")
+                          "Look at the logits before the softmax: the router weight is "
+                          "[num_experts, input_dim], used as it is, with no scaling or sign change.")
 
 
 def _check_soft_mixture(fn):
@@ -448,7 +541,9 @@ def _check_soft_mixture(fn):
             _diagnose(out, candidates, messages, (
                 "wrong_values", (f"the shape is right but the values differ from the soft mixture "
                                 f"(largest difference {_max_diff(out, expected):.3g})"),
-                "out[t] = sum over experts e of probs[t, e] * experts[e](x)[t]."))
+                "Each token's output weights every expert's output by that token's probability for that "
+                "expert; check that the probabilities line up with the experts and which dimension you "
+                "sum over."))
         _backward(out, "the router weight")
         if not _has_grad(router_weight):
             raise Mistake("router_no_grad", "the router weight gets no gradient from your output",
@@ -510,7 +605,7 @@ def _check_top_k_routing(fn):
             if _close(w, logits.gather(1, indices)):
                 raise Mistake("weights_are_logits", *_TOPK_MESSAGES["weights_are_logits"])
             raise Mistake("not_normalised", "a token's k weights should sum to 1",
-                          "Softmax over all experts, top k, then divide the k weights by their sum.")
+                          "Renormalise after picking: the k kept probabilities are rescaled to sum to 1.")
         chosen = torch.zeros_like(logits, dtype=torch.bool).scatter(1, indices, True)
         worst_chosen = logits.masked_fill(~chosen, math.inf).min(-1).values
         best_unchosen = logits.masked_fill(chosen, -math.inf).max(-1).values
@@ -524,7 +619,8 @@ def _check_top_k_routing(fn):
             if torch.equal(chosen, smallest):
                 raise Mistake("picked_smallest", *_TOPK_MESSAGES["picked_smallest"])
             raise Mistake("not_top_k", "some token did not get its k most likely experts",
-                          "Pick with torch.topk(probs, k, dim=-1) over the experts dimension.")
+                          "Each token keeps the experts with its k largest probabilities: check which "
+                          "dimension you pick along and that you pick the largest.")
         expected = chosen_probs / chosen_probs.sum(-1, keepdim=True)
         if not _close(w, expected):
             if _close(w.sort(-1).values, expected.sort(-1).values):
@@ -532,7 +628,8 @@ def _check_top_k_routing(fn):
                               "weights[t, j] must be the weight of expert indices[t, j].")
             raise Mistake("wrong_values", f"the right experts, but the weights differ from the renormalised "
                           f"softmax (largest difference {_max_diff(w, expected):.3g})",
-                          "Softmax over all experts, keep the top k probabilities, divide by their sum.")
+                          "The experts are right, so look at the weights: they start from the softmax "
+                          "over all experts and are only rescaled so that a token's k weights sum to 1.")
         if case_number == 0:
             _backward(weights, "the logits")
             if not _has_grad(grad_logits):
@@ -573,7 +670,8 @@ def _check_switch_routing(fn):
         if not _close(w, probs.gather(1, indices)):
             raise Mistake("wrong_values", "the weight should be the chosen expert's softmax probability "
                           f"(largest difference {_max_diff(w, probs.gather(1, indices)):.3g})",
-                          "Softmax over all experts, then keep the largest probability as it is.")
+                          "The weight is a probability from the softmax over all experts, kept as it is "
+                          "(no renormalisation, no other scaling).")
         _backward(weights, "the logits")
         if not _has_grad(grad_logits):
             raise Mistake("router_no_grad", "no gradient reaches the logits through your weights",
@@ -614,8 +712,8 @@ def _check_sparse_moe_forward(fn):
             _diagnose(out, candidates, messages, (
                 "wrong_values", (f"the shape is right but the values differ from the reference top-{k} layer "
                                 f"(largest difference {_max_diff(out, expected):.3g})"),
-                ("Softmax over all experts, top k, renormalise, then add each chosen expert's output "
-                "times its weight.")))
+                "Follow one token by hand: the experts your top_k_routing chose, their weights, and "
+                "that each chosen expert's output is scaled by the weight of that same expert."))
         _backward(out, "the experts and the router")
         unchosen = sorted(set(range(num_experts)) - set(indices.reshape(-1).tolist()))
         leaking = [e for e in unchosen if _has_grad(experts[e])]
@@ -662,7 +760,8 @@ def _check_capacity_per_expert(fn):
             if got == value:
                 raise Mistake(key, f"{messages[key][0]} (for {case} you gave {got})", messages[key][1])
         raise Mistake("wrong_capacity", f"for {case} you gave {got}",
-                      "capacity = ceil(capacity_factor * tokens * top_k / num_experts).")
+                      "Check each part of the spec's formula: the assignments are shared out among the "
+                      "experts, scaled by capacity_factor, and a fraction rounds up.")
 
 
 def _token_major_keep(indices: torch.Tensor, num_experts: int, capacity: int) -> torch.Tensor:
@@ -764,7 +863,8 @@ def _check_dispatch_with_capacity(fn):
         _diagnose(out, candidates, messages, (
             "wrong_values", (f"the shape is right but the values differ from the reference dispatch "
                             f"(largest difference {_max_diff(out, expected):.3g})"),
-            "out[t] = sum over kept slots j of expert_weights[t, j] * experts[expert_indices[t, j]](x[t])."))
+            "Follow one token by hand: each kept slot adds its expert's output scaled by that slot's "
+            "weight; a dropped slot adds nothing."))
 
 
 # ----------------------------------------------------------------------------- 05 load balancing
@@ -774,11 +874,13 @@ def _check_switch_aux_loss(fn):
     messages = {
         "f_not_divided_by_k": (("your loss is k times too large: f_i was divided by the number of tokens, "
                                "not by the number of assignments tokens * k"),
-                               "f_i = (assignments to expert i) / (tokens * k), so the f_i sum to 1."),
+                               "f_i is a fraction of all tokens * k assignments, so the f_i sum to 1."),
         "missing_num_experts": ("your loss is off by a factor of the number of experts",
-                                "The Switch loss is num_experts * sum_i f_i * P_i; uniform routing gives 1."),
+                                "The spec's loss is scaled by the number of experts so that uniform "
+                                "routing gives exactly 1."),
         "gshard_mean": ("your loss is the mean of f_i * P_i (GShard's convention, minimum 1/E^2)",
-                        "This course uses num_experts * sum_i f_i * P_i, which is 1 under uniform routing."),
+                        "This course sums over the experts and scales by the number of experts, so "
+                        "uniform routing gives 1."),
         "p_from_topk": ("P_i was computed from the chosen experts' probabilities only",
                         ("P_i is the mean over all tokens of the full softmax probability of expert i, "
                         "whether or not the token chose it.")),
@@ -817,8 +919,8 @@ def _check_switch_aux_loss(fn):
             _diagnose(loss, candidates, messages, (
                 "wrong_values",
                 f"your loss is {loss.item():.4g}, the Switch loss here is {expected.item():.4g}",
-                ("num_experts * sum_i f_i * P_i with f_i over tokens * k assignments and P_i the mean "
-                "softmax probability.")))
+                "Check the pieces one at a time: your f_i should sum to 1, your P_i should sum to 1, "
+                "and perfectly uniform routing should give a loss of exactly 1."))
         if case_number == 0:
             _backward(loss, "the router probabilities")
             if not _has_grad(grad_probs):
@@ -831,7 +933,8 @@ def _check_router_z_loss(fn):
         "missing_square": ("your loss is the mean logsumexp, not its square",
                            "Square each token's logsumexp before taking the mean."),
         "max_not_logsumexp": ("you used the largest logit instead of the logsumexp",
-                              "torch.logsumexp(logits, dim=-1) is the smooth maximum the z-loss uses."),
+                              "The z-loss uses the logsumexp over the experts (a smooth maximum that "
+                              "torch.logsumexp computes), not the plain maximum."),
         "sum_not_mean": ("your loss is summed over tokens instead of averaged",
                          "Take the mean over tokens so the loss does not grow with the batch size."),
         "wrong_dim": ("the logsumexp was taken over tokens instead of experts",
@@ -853,7 +956,8 @@ def _check_router_z_loss(fn):
             }
             _diagnose(loss, candidates, messages, (
                 "wrong_values", f"your loss is {loss.item():.4g}, the z-loss here is {expected.item():.4g}",
-                "Mean over tokens of logsumexp(logits over experts) squared."))
+                "Try a case you can do by hand: for all-zero logits every token's logsumexp is "
+                "log(num_experts), so the loss should be log(num_experts) ** 2."))
         _backward(loss, "the logits")
         if not _has_grad(grad_logits):
             raise Mistake("no_gradient", "no gradient reaches the logits", "Use torch operations only.")
@@ -873,9 +977,11 @@ def _forbidden_forward(*args, **kwargs):
 def _check_block_forward(fn):
     messages = {
         "post_norm": ("you normalised after adding the residual (post-norm)",
-                      "Pre-norm: x + attention(norm1(x)), then x + feed_forward(norm2(x))."),
+                      "Pre-norm normalises only what a sub-layer reads; the residual sum itself is "
+                      "never normalised."),
         "missing_residual": ("a residual connection is missing: the block's input is not added back",
-                             "Each sub-layer's output is added to its input: x = x + sublayer(norm(x))."),
+                             "Each sub-layer's output is added back to the stream it read from (the "
+                             "residual connection): once after attention, once after the feed-forward."),
         "missing_norm": ("a sub-layer sees the un-normalised input",
                          ("Normalise before each sub-layer: norm1 before attention, norm2 before the "
                          "feed-forward.")),
@@ -907,7 +1013,8 @@ def _check_block_forward(fn):
             _diagnose(out, candidates, messages, (
                 "wrong_values", (f"the shape is right but the values differ from the reference block "
                                 f"(largest difference {_max_diff(out, expected):.3g})"),
-                "x = x + attention(norm1(x)); return x + feed_forward(norm2(x))."))
+                "Check the order of the parts: each sub-layer reads its own norm of the current "
+                "stream, and the feed-forward step starts from the output of the attention step."))
 
 
 def _check_total_aux_loss(fn):
@@ -943,7 +1050,8 @@ def _check_total_aux_loss(fn):
             }
             _diagnose(loss, candidates, messages, (
                 "wrong_values", f"your total is {loss.item():.4g}, expected {expected.item():.4g}",
-                "Sum over MoE layers of balance_coef * aux_losses['switch'] + z_coef * aux_losses['z']."))
+                "Check each piece: every MoE layer counts once, each coefficient goes with its own "
+                "loss, and the layers' contributions are added up."))
         if not loss.requires_grad:
             raise Mistake("detached",
                           "your total is detached from the model: backward would not reach the routers",

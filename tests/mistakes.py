@@ -33,6 +33,27 @@ def relu_expert_untransposed(x, up_weight, up_bias, down_weight, down_bias):
     return torch.relu(x @ up_weight + up_bias) @ down_weight + down_bias
 
 
+def relu_expert_gelu(x, up_weight, up_bias, down_weight, down_bias):
+    return F.gelu(x @ up_weight.T + up_bias) @ down_weight.T + down_bias
+
+
+def relu_expert_bias_after_relu(x, up_weight, up_bias, down_weight, down_bias):
+    return (torch.relu(x @ up_weight.T) + up_bias) @ down_weight.T + down_bias
+
+
+def relu_expert_no_up_bias(x, up_weight, up_bias, down_weight, down_bias):
+    return torch.relu(x @ up_weight.T) @ down_weight.T + down_bias
+
+
+def relu_expert_no_down_bias(x, up_weight, up_bias, down_weight, down_bias):
+    return torch.relu(x @ up_weight.T + up_bias) @ down_weight.T
+
+
+def relu_expert_leaky(x, up_weight, up_bias, down_weight, down_bias):
+    """No named diagnosis: gets the generic hint."""
+    return F.leaky_relu(x @ up_weight.T + up_bias, 0.1) @ down_weight.T + down_bias
+
+
 def swiglu_swapped(x, gate_weight, up_weight, down_weight):
     return (F.silu(x @ up_weight.T) * (x @ gate_weight.T)) @ down_weight.T
 
@@ -45,6 +66,27 @@ def swiglu_sigmoid(x, gate_weight, up_weight, down_weight):
     return (torch.sigmoid(x @ gate_weight.T) * (x @ up_weight.T)) @ down_weight.T
 
 
+def swiglu_added(x, gate_weight, up_weight, down_weight):
+    return (F.silu(x @ gate_weight.T) + (x @ up_weight.T)) @ down_weight.T
+
+
+def swiglu_silu_of_product(x, gate_weight, up_weight, down_weight):
+    return F.silu((x @ gate_weight.T) * (x @ up_weight.T)) @ down_weight.T
+
+
+def swiglu_silu_on_both(x, gate_weight, up_weight, down_weight):
+    return (F.silu(x @ gate_weight.T) * F.silu(x @ up_weight.T)) @ down_weight.T
+
+
+def swiglu_no_up(x, gate_weight, up_weight, down_weight):
+    return F.silu(x @ gate_weight.T) @ down_weight.T
+
+
+def swiglu_tanh(x, gate_weight, up_weight, down_weight):
+    """No named diagnosis: gets the generic hint."""
+    return (torch.tanh(x @ gate_weight.T) * (x @ up_weight.T)) @ down_weight.T
+
+
 def count_without_bias(input_dim, hidden_dim, output_dim, activation, bias):
     in_layers = 2 if activation == "swiglu" else 1
     return in_layers * input_dim * hidden_dim + hidden_dim * output_dim
@@ -52,6 +94,29 @@ def count_without_bias(input_dim, hidden_dim, output_dim, activation, bias):
 
 def count_swiglu_as_two_matrices(input_dim, hidden_dim, output_dim, activation, bias):
     return input_dim * hidden_dim + hidden_dim * output_dim + (hidden_dim + output_dim if bias else 0)
+
+
+def count_ignores_bias_flag(input_dim, hidden_dim, output_dim, activation, bias):
+    in_layers = 2 if activation == "swiglu" else 1
+    return in_layers * input_dim * hidden_dim + hidden_dim * output_dim + in_layers * hidden_dim + output_dim
+
+
+def count_gate_for_every_activation(input_dim, hidden_dim, output_dim, activation, bias):
+    return moe_teach.experts.expert_parameter_count(input_dim, hidden_dim, output_dim, "swiglu", bias)
+
+
+def count_input_dim_as_output(input_dim, hidden_dim, output_dim, activation, bias):
+    return moe_teach.experts.expert_parameter_count(input_dim, hidden_dim, input_dim, activation, bias)
+
+
+def count_down_projection_only(input_dim, hidden_dim, output_dim, activation, bias):
+    return hidden_dim * output_dim + (output_dim if bias else 0)
+
+
+def count_forgot_down_bias(input_dim, hidden_dim, output_dim, activation, bias):
+    """Off by one output_dim bias vector: gets the 'off by' hint."""
+    count = moe_teach.experts.expert_parameter_count(input_dim, hidden_dim, output_dim, activation, bias)
+    return count - (output_dim if bias else 0)
 
 
 def count_float(input_dim, hidden_dim, output_dim, activation, bias):
@@ -78,6 +143,11 @@ def gate_transposed(x, router_weight):
     return torch.softmax(router_weight @ x.T, dim=0)
 
 
+def gate_with_temperature(x, router_weight):
+    """No named diagnosis: gets the generic hint."""
+    return torch.softmax(x @ router_weight.T / 2, dim=-1)
+
+
 def mixture_unweighted(x, router_weight, experts):
     return torch.stack([expert(x) for expert in experts], dim=1).mean(dim=1)
 
@@ -89,6 +159,12 @@ def mixture_softmax_over_tokens(x, router_weight, experts):
 
 def mixture_detached_gate(x, router_weight, experts):
     probs = torch.softmax(x @ router_weight.T, dim=-1).detach()
+    return (probs.unsqueeze(-1) * torch.stack([expert(x) for expert in experts], dim=1)).sum(1)
+
+
+def mixture_with_temperature(x, router_weight, experts):
+    """No named diagnosis: gets the generic hint."""
+    probs = torch.softmax(x @ router_weight.T / 2, dim=-1)
     return (probs.unsqueeze(-1) * torch.stack([expert(x) for expert in experts], dim=1)).sum(1)
 
 
@@ -113,6 +189,18 @@ def topk_logits_as_weights(logits, k):
     return logits.topk(k, dim=-1)
 
 
+def topk_with_temperature(logits, k):
+    """Right experts, weights from a softmax at temperature 2: gets the generic hint."""
+    weights, indices = torch.softmax(logits / 2, dim=-1).topk(k, dim=-1)
+    return weights / weights.sum(-1, keepdim=True), indices
+
+
+def topk_returns_three(logits, k):
+    probs = torch.softmax(logits, dim=-1)
+    weights, indices = probs.topk(k, dim=-1)
+    return probs, weights / weights.sum(-1, keepdim=True), indices
+
+
 def switch_renormalised(logits):
     weights, indices = torch.softmax(logits, dim=-1).topk(1, dim=-1)
     return weights / weights.sum(-1, keepdim=True), indices
@@ -132,6 +220,12 @@ def switch_softmax_over_tokens(logits):
 def switch_detached(logits):
     weights, indices = torch.softmax(logits, dim=-1).max(-1, keepdim=True)
     return weights.detach(), indices
+
+
+def switch_squared_probability(logits):
+    """No named diagnosis: gets the generic hint."""
+    weights, indices = torch.softmax(logits, dim=-1).max(-1, keepdim=True)
+    return weights ** 2, indices
 
 
 def _route(x, router_weight, k):
@@ -158,6 +252,14 @@ def sparse_not_renormalised(x, router_weight, experts, k):
     return (dense.unsqueeze(-1) * outputs).sum(1)
 
 
+def sparse_with_temperature(x, router_weight, experts, k):
+    """No named diagnosis: gets the generic hint."""
+    weights, indices = _route(x / 2, router_weight, k)
+    outputs = torch.stack([expert(x) for expert in experts], dim=1)
+    dense = torch.zeros(x.shape[0], len(experts)).scatter(1, indices, weights)
+    return (dense.unsqueeze(-1) * outputs).sum(1)
+
+
 # ----------------------------------------------------------------------------- 04 dispatch and capacity
 
 
@@ -171,6 +273,11 @@ def capacity_without_top_k(num_tokens, num_experts, top_k, capacity_factor):
 
 def capacity_floor(num_tokens, num_experts, top_k, capacity_factor):
     return int(capacity_factor * num_tokens * top_k / num_experts)
+
+
+def capacity_plus_one(num_tokens, num_experts, top_k, capacity_factor):
+    """No named diagnosis: gets the generic hint."""
+    return math.ceil(capacity_factor * num_tokens * top_k / num_experts) + 1
 
 
 def _positions(order, num_experts):
@@ -194,6 +301,14 @@ def keep_drop_whole_expert(expert_indices, num_experts, capacity):
     return counts[expert_indices] <= capacity
 
 
+def keep_later_tokens_first(expert_indices, num_experts, capacity):
+    """Within a choice, serves the last token first: right counts, wrong assignments."""
+    flipped = expert_indices.flip(0)
+    num_tokens, k = flipped.shape
+    kept = (_positions(flipped.T.reshape(-1), num_experts) < capacity).view(k, num_tokens).T
+    return kept.flip(0)
+
+
 def _dispatch(x, experts, expert_indices, weights):
     outputs = torch.stack([expert(x) for expert in experts], dim=1)                  # [T, E, O]
     chosen = outputs[torch.arange(x.shape[0])[:, None], expert_indices]            # [T, k, O]
@@ -215,6 +330,11 @@ def dispatch_ignores_kept(x, experts, expert_indices, expert_weights, kept):
 def dispatch_renormalised_after_drop(x, experts, expert_indices, expert_weights, kept):
     weights = expert_weights * kept
     return _dispatch(x, experts, expert_indices, weights / weights.sum(-1, keepdim=True).clamp(min=1e-9))
+
+
+def dispatch_doubled_weights(x, experts, expert_indices, expert_weights, kept):
+    """No named diagnosis: gets the generic hint."""
+    return _dispatch(x, experts, expert_indices, 2 * expert_weights * kept)
 
 
 # ----------------------------------------------------------------------------- 05 load balancing
@@ -251,6 +371,11 @@ def switch_loss_detached(probs, expert_indices):
     return probs.shape[-1] * (counts / expert_indices.numel() * mean_prob.detach()).sum()
 
 
+def switch_loss_scaled(probs, expert_indices):
+    """No named diagnosis: gets the generic hint."""
+    return 1.7 * moe_teach.switch_load_balancing_loss(probs, expert_indices)
+
+
 def z_loss_missing_square(logits):
     return torch.logsumexp(logits, dim=-1).mean()
 
@@ -265,6 +390,11 @@ def z_loss_summed(logits):
 
 def z_loss_wrong_dim(logits):
     return torch.logsumexp(logits, dim=0).square().mean()
+
+
+def z_loss_scaled(logits):
+    """No named diagnosis: gets the generic hint."""
+    return 1.7 * torch.logsumexp(logits, dim=-1).square().mean()
 
 
 # ----------------------------------------------------------------------------- 06 transformer block
@@ -283,6 +413,12 @@ def block_missing_residual(block, x):
 def block_ffn_without_norm(block, x):
     x = x + block.attention(block.norm1(x))
     return x + block.feed_forward(x)
+
+
+def block_doubled_feed_forward(block, x):
+    """No named diagnosis: gets the generic hint."""
+    x = x + block.attention(block.norm1(x))
+    return x + 2 * block.feed_forward(block.norm2(x))
 
 
 def block_calls_itself(block, x):
@@ -318,44 +454,70 @@ def aux_every_block(model, balance_coef, z_coef):
                + z_coef * block.feed_forward.last_record.aux_losses["z"] for block in model)
 
 
+def aux_scaled(model, balance_coef, z_coef):
+    """No named diagnosis: gets the generic hint."""
+    return 1.7 * sum(balance_coef * layer.last_record.aux_losses["switch"]
+                     + z_coef * layer.last_record.aux_losses["z"] for layer in moe_teach.moe_layers(model))
+
+
 MISTAKES = {
-    "relu_expert": [("no_activation", relu_expert_no_activation), ("activation_on_output",
-                                                                   relu_expert_relu_on_output),
-                    ("missing_bias", relu_expert_no_bias), ("raised", relu_expert_untransposed)],
+    "relu_expert": [("no_activation", relu_expert_no_activation),
+                    ("activation_on_output", relu_expert_relu_on_output),
+                    ("missing_bias", relu_expert_no_bias), ("missing_bias", relu_expert_no_up_bias),
+                    ("missing_bias", relu_expert_no_down_bias), ("raised", relu_expert_untransposed),
+                    ("wrong_activation", relu_expert_gelu),
+                    ("bias_after_activation", relu_expert_bias_after_relu),
+                    ("wrong_values", relu_expert_leaky)],
     "swiglu_expert": [("swapped_gate_up", swiglu_swapped), ("wrong_activation", swiglu_relu),
-                      ("wrong_activation", swiglu_sigmoid)],
-    "count_expert_parameters": [("forgot_bias", count_without_bias), ("swiglu_gate",
-                                                                      count_swiglu_as_two_matrices),
-                                ("not_int", count_float)],
+                      ("wrong_activation", swiglu_sigmoid), ("added_branches", swiglu_added),
+                      ("silu_of_product", swiglu_silu_of_product), ("silu_on_both", swiglu_silu_on_both),
+                      ("missing_up", swiglu_no_up), ("wrong_values", swiglu_tanh)],
+    "count_expert_parameters": [("forgot_bias", count_without_bias),
+                                ("swiglu_gate", count_swiglu_as_two_matrices),
+                                ("not_int", count_float), ("ignored_bias_flag", count_ignores_bias_flag),
+                                ("gate_without_swiglu", count_gate_for_every_activation),
+                                ("ignored_output_dim", count_input_dim_as_output),
+                                ("one_layer_only", count_down_projection_only),
+                                ("wrong_count", count_forgot_down_bias)],
     "gate_probabilities": [("softmax_wrong_dim", gate_softmax_over_tokens), ("no_softmax", gate_raw_logits),
-                           ("not_normalised", gate_sigmoid), ("transposed_output", gate_transposed)],
+                           ("not_normalised", gate_sigmoid), ("transposed_output", gate_transposed),
+                           ("wrong_values", gate_with_temperature)],
     "soft_mixture": [("unweighted", mixture_unweighted), ("softmax_wrong_dim", mixture_softmax_over_tokens),
-                     ("router_no_grad", mixture_detached_gate)],
-    "top_k_routing": [("not_renormalised", topk_not_renormalised), ("softmax_wrong_dim",
-                                                                    topk_softmax_over_tokens),
-                      ("picked_smallest", topk_smallest), ("weights_are_logits", topk_logits_as_weights)],
+                     ("router_no_grad", mixture_detached_gate), ("wrong_values", mixture_with_temperature)],
+    "top_k_routing": [("not_renormalised", topk_not_renormalised),
+                      ("softmax_wrong_dim", topk_softmax_over_tokens),
+                      ("picked_smallest", topk_smallest), ("weights_are_logits", topk_logits_as_weights),
+                      ("wrong_values", topk_with_temperature), ("return_format", topk_returns_three)],
     "switch_routing": [("renormalised_top1", switch_renormalised),
                        ("renormalised_top1", switch_softmax_over_kept_logit),
-                       ("softmax_wrong_dim", switch_softmax_over_tokens), ("no_gradient", switch_detached)],
-    "sparse_moe_forward": [("dense_mixture", sparse_dense_mixture), ("gradient_leak",
-                                                                     sparse_mask_not_exactly_zero),
-                           ("not_renormalised", sparse_not_renormalised)],
+                       ("softmax_wrong_dim", switch_softmax_over_tokens), ("no_gradient", switch_detached),
+                       ("wrong_values", switch_squared_probability)],
+    "sparse_moe_forward": [("dense_mixture", sparse_dense_mixture),
+                           ("gradient_leak", sparse_mask_not_exactly_zero),
+                           ("not_renormalised", sparse_not_renormalised),
+                           ("wrong_values", sparse_with_temperature)],
     "capacity_per_expert": [("missing_num_experts", capacity_without_num_experts),
-                            ("missing_top_k", capacity_without_top_k), ("rounded_down", capacity_floor)],
+                            ("missing_top_k", capacity_without_top_k), ("rounded_down", capacity_floor),
+                            ("wrong_capacity", capacity_plus_one)],
     "keep_mask": [("token_major_priority", keep_token_major), ("over_capacity", keep_off_by_one),
-                  ("dropped_with_room", keep_drop_whole_expert)],
+                  ("dropped_with_room", keep_drop_whole_expert), ("wrong_priority", keep_later_tokens_first)],
     "dispatch_with_capacity": [("dropped_passthrough", dispatch_dropped_passthrough),
                                ("ignored_kept", dispatch_ignores_kept),
-                               ("renormalised_after_drop", dispatch_renormalised_after_drop)],
-    "switch_aux_loss": [("f_not_divided_by_k", switch_loss_f_not_divided_by_k), ("p_from_topk",
-                                                                                 switch_loss_p_from_topk),
+                               ("renormalised_after_drop", dispatch_renormalised_after_drop),
+                               ("wrong_values", dispatch_doubled_weights)],
+    "switch_aux_loss": [("f_not_divided_by_k", switch_loss_f_not_divided_by_k),
+                        ("p_from_topk", switch_loss_p_from_topk),
                         ("missing_num_experts", switch_loss_missing_num_experts),
-                        ("gshard_mean", switch_loss_gshard_mean), ("no_gradient", switch_loss_detached)],
+                        ("gshard_mean", switch_loss_gshard_mean), ("no_gradient", switch_loss_detached),
+                        ("wrong_values", switch_loss_scaled)],
     "router_z_loss": [("missing_square", z_loss_missing_square), ("max_not_logsumexp", z_loss_max),
-                      ("sum_not_mean", z_loss_summed), ("wrong_dim", z_loss_wrong_dim)],
+                      ("sum_not_mean", z_loss_summed), ("wrong_dim", z_loss_wrong_dim),
+                      ("wrong_values", z_loss_scaled)],
     "block_forward": [("post_norm", block_post_norm), ("missing_residual", block_missing_residual),
-                      ("missing_norm", block_ffn_without_norm), ("called_block", block_calls_itself)],
-    "total_aux_loss": [("one_layer_only", aux_last_layer_only), ("balance_coef_unused",
-                                                                 aux_balance_coef_unused),
-                       ("averaged", aux_averaged), ("detached", aux_item), ("raised", aux_every_block)],
+                      ("missing_norm", block_ffn_without_norm), ("called_block", block_calls_itself),
+                      ("wrong_values", block_doubled_feed_forward)],
+    "total_aux_loss": [("one_layer_only", aux_last_layer_only),
+                       ("balance_coef_unused", aux_balance_coef_unused),
+                       ("averaged", aux_averaged), ("detached", aux_item), ("raised", aux_every_block),
+                       ("wrong_values", aux_scaled)],
 }

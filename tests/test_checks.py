@@ -1,14 +1,21 @@
 """The exercise checks: right answers pass, common mistakes get their own hint, stubs are 'not done yet'."""
 
 import json
+import re
+from pathlib import Path
 
+import mistakes
+import nbformat
 import pytest
 import torch
 from mistakes import MISTAKES
 
 import moe_teach
-from moe_teach import checks
+from moe_teach import checks, exercises
 from moe_teach.checks import DONE, FAILED, NOT_DONE, TASKS, check, evaluate
+from moe_teach.experts import expert_parameter_count
+
+SOLUTIONS = Path(__file__).resolve().parent.parent / "solutions"
 
 
 @pytest.mark.parametrize(("task", "key", "wrong"), [(t, k, f) for t, items in MISTAKES.items() for k,
@@ -99,3 +106,133 @@ def test_check_leaves_the_learners_random_state_alone():
     torch.manual_seed(123)
     evaluate("sparse_moe_forward", MISTAKES["sparse_moe_forward"][0][1])
     assert torch.equal(torch.rand(3), expected)
+
+
+# ----------------------------------------------------------------------------- specific diagnoses
+
+
+@pytest.mark.parametrize(("wrong", "missing", "present"), [
+    (mistakes.relu_expert_no_up_bias, "up_bias", "down_bias"),
+    (mistakes.relu_expert_no_down_bias, "down_bias", "up_bias"),
+])
+def test_missing_bias_names_the_missing_one(wrong, missing, present):
+    result = evaluate("relu_expert", wrong)
+    assert result.key == "missing_bias"
+    assert f"without {missing}" in result.message and "biases" not in result.message
+    assert missing in result.hint and present not in result.hint
+
+
+def test_both_biases_missing_says_both():
+    result = evaluate("relu_expert", mistakes.relu_expert_no_bias)
+    assert result.key == "missing_bias"
+    assert "two biases" in result.message
+    assert "up_bias" in result.hint and "down_bias" in result.hint
+
+
+@pytest.mark.parametrize(("wrong", "key", "hint_words"), [
+    (mistakes.count_without_bias, "forgot_bias", "bias"),
+    (mistakes.count_ignores_bias_flag, "ignored_bias_flag", "bias=False"),
+    (mistakes.count_swiglu_as_two_matrices, "swiglu_gate", "gate"),
+    (mistakes.count_gate_for_every_activation, "gate_without_swiglu", "Only SwiGLU"),
+    (mistakes.count_input_dim_as_output, "ignored_output_dim", "output_dim"),
+    (mistakes.count_down_projection_only, "one_layer_only", "every layer"),
+])
+def test_parameter_count_miscounts_get_their_own_hint(wrong, key, hint_words):
+    result = evaluate("count_expert_parameters", wrong)
+    assert result.key == key, result.message
+    assert hint_words in result.hint
+
+
+def _count_off_by(delta_of):
+    """A count off by ``delta_of(input_dim, hidden_dim, output_dim)``; ``calls`` gets (delta, right count)."""
+    calls = []
+
+    def count(input_dim, hidden_dim, output_dim, activation, bias):
+        right = expert_parameter_count(input_dim, hidden_dim, output_dim, activation, bias)
+        calls.append((delta_of(input_dim, hidden_dim, output_dim), right))
+        return right + calls[-1][0]
+
+    return count, calls
+
+
+@pytest.mark.parametrize(("delta_of", "hint_words"), [
+    (lambda d, h, o: -o, "output_dim bias vector"),
+    (lambda d, h, o: h, "hidden_dim bias vector"),
+    (lambda d, h, o: -d * h, "input_dim x hidden_dim weight matrix"),
+    (lambda d, h, o: 3, "sum(p.numel()"),
+])
+def test_other_miscounts_say_how_far_off_without_the_answer(delta_of, hint_words):
+    count, calls = _count_off_by(delta_of)
+    result = evaluate("count_expert_parameters", count)
+    assert result.key == "wrong_count" and len(calls) == 1
+    delta, right = calls[0]
+    assert f"{abs(delta)} too {'many' if delta > 0 else 'few'}" in result.message
+    assert f"Off by {abs(delta)}" in result.hint and hint_words in result.hint
+    assert str(right) not in result.message + result.hint      # the right count is not given away
+
+
+# ----------------------------------------------------------------------------- hints never give the answer
+
+
+def _solution_fragments() -> set[str]:
+    """Every computing line of the solution blocks (and its right-hand side), normalised."""
+    fragments = set()
+    for path in sorted(SOLUTIONS.glob("*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            inside = False
+            for line in cell.source.split("\n"):
+                if line.strip() in (exercises.BEGIN, exercises.END):
+                    inside = line.strip() == exercises.BEGIN
+                    continue
+                code = line.split("#")[0].strip()
+                if inside and code:
+                    fragments.add(_normalise(code))
+                    fragments.add(_normalise(code.split(" = ", 1)[-1].removeprefix("return ")))
+    return {f for f in fragments if len(f) >= 12 and any(op in f for op in "(@+*/")}   # computations
+
+
+def _normalise(text: str) -> str:
+    for prefix in ("torch.nn.functional.", "torch.", "F.", "block."):
+        text = text.replace(prefix, "")
+    return re.sub(r"\s+", "", text)
+
+
+def _formula_problems(text: str, solution_fragments: set[str]) -> list[str]:
+    """Why ``text`` reads like the solution's code or complete formula (empty when it does not)."""
+    problems = []
+    if text.count("@") > 1:
+        problems.append("more than one matrix product")
+    if re.search(r"\bdef \w+\(|\blambda\b[^:]*:|\breturn\s+[\w.]+\s*[-+*/@(\[,]", text):
+        problems.append("code (def, lambda or return followed by an expression)")
+    if re.search(r"[\w\]] = ", text):
+        problems.append("an assignment")
+    if len(re.findall(r" [-+*/] ", text)) > 1:
+        problems.append("an arithmetic expression with several operators")
+    problems += [f"solution code {f!r}" for f in solution_fragments if f in _normalise(text)]
+    return problems
+
+
+def test_solution_fragments_are_found():
+    fragments = _solution_fragments()
+    assert _normalise("relu(x @ up_weight.T + up_bias)") in fragments
+    assert _normalise("x = x + block.attention(block.norm1(x))") in fragments
+
+
+@pytest.mark.parametrize("text", [
+    "Compute relu(x @ up_weight.T + up_bias) @ down_weight.T + down_bias.",
+    "x = x + attention(norm1(x)); return x + feed_forward(norm2(x)).",
+    "capacity = ceil(capacity_factor * tokens * top_k / num_experts).",
+    "Sum over MoE layers of balance_coef * aux_losses['switch'] + z_coef * aux_losses['z'].",
+    "End with `return weights, indices`.",
+])
+def test_formula_rule_catches_complete_solutions(text):
+    assert _formula_problems(text, _solution_fragments())
+
+
+def test_no_hint_or_message_gives_the_solution_away():
+    fragments = _solution_fragments()
+    for task, items in MISTAKES.items():
+        for _, wrong in items:
+            result = evaluate(task, wrong)
+            for text in (result.hint, result.message):
+                assert not _formula_problems(text, fragments), (task, wrong.__name__, text)
