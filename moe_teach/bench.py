@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 from tqdm.auto import tqdm
@@ -24,19 +23,8 @@ from tqdm.auto import tqdm
 from .dispatch import DISPATCHERS
 from .experts import ACTIVATIONS, Expert, make_experts
 from .routing import topk_softmax
+from .timing import time_callable
 from .validation import check_choice, check_positive_int, check_top_k
-
-
-def time_forward_backward(step, repeats: int, warmup: int = 2) -> float:
-    """Median seconds of ``step()`` (which runs a forward and a backward pass)."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def make_cases(tokens: int, width: int, hidden: int, num_experts: int, top_k: int, activation: str, seed: int):
@@ -76,13 +64,16 @@ def run_benchmark(tokens=4096, width=256, hidden=1024, num_experts=8, top_k=2, a
     check_choice("activation", activation, ACTIVATIONS)
     check_positive_int("repeats", repeats)
     cases = make_cases(tokens, width, hidden, num_experts, top_k, activation, seed)
-    samples: dict[str, list[float]] = {name: [] for name in cases}
     per_round = max(1, repeats // rounds)
-    bar = tqdm(total=rounds * len(cases), desc="timing", disable=not progress)
+    bar = tqdm(total=(rounds + 1) * len(cases), desc="timing", disable=not progress)
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for step in cases.values():                 # warm-up: first calls allocate memory
+        step()
+        bar.update()
     for _ in range(rounds):
         for name, step in cases.items():
             bar.set_postfix_str(name)
-            samples[name].append(time_forward_backward(step, per_round))
+            samples[name] += time_callable(step, repeats=per_round, warmup=0).times
             bar.update()
     bar.close()
     return {name: statistics.median(values) for name, values in samples.items()}

@@ -16,8 +16,6 @@ Every MoE layer is compared with two dense feed-forwards: ``dense-active`` (hidd
 
 from __future__ import annotations
 
-import statistics
-import time
 from types import SimpleNamespace
 
 import torch
@@ -27,7 +25,8 @@ from .experts import Expert, expert_parameter_count
 from .layers import MoELayer
 from .lm import LanguageModel, LMConfig
 from .metrics import active_parameters, count_parameters, ffn_flops_per_token, moe_flops_per_token
-from .validation import check_positive_int, check_top_k
+from .timing import time_callable
+from .validation import check_top_k
 
 MODELS = ("moe", "dense-active", "dense-total")
 
@@ -35,15 +34,7 @@ MODELS = ("moe", "dense-active", "dense-total")
 # ----------------------------------------------------------------------------- measuring
 def median_seconds(fn, repeats: int = 5, warmup: int = 1) -> float:
     """Median wall time of ``fn()`` over ``repeats`` calls, after ``warmup`` untimed calls."""
-    check_positive_int("repeats", repeats)
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return time_callable(fn, repeats=repeats, warmup=warmup).median
 
 
 def training_memory_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
