@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -122,7 +123,7 @@ def grade_notebook(path, timeout: int = 120, kernel_name: str = "python3") -> Sc
     client = NotebookClient(notebook, timeout=timeout, kernel_name=kernel_name, allow_errors=True,
                             resources={"metadata": {"path": str(path.parent.resolve())}})
     try:
-        client.execute()
+        client.execute(stderr=subprocess.DEVNULL)   # kernel start-up warnings would garble the scorecard
     except CellTimeoutError:
         raise GradingError(f"{path}: a cell ran longer than {timeout} s (raise it with --timeout)") from None
     except DeadKernelError as error:
