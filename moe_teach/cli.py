@@ -2,7 +2,8 @@
 
 Each sub-command lives in the module that owns its idea; this file only wires them up.
 A sub-command module provides ``configure_parser(parser)`` and ``run(args) -> int``.
-Modules are imported lazily so ``moe-teach --help`` starts fast.
+A ValueError or TypeError from a sub-command (a bad argument value) is printed as one line,
+``moe-teach COMMAND: error: ...``, with exit status 2, like argparse's own errors.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moe-teach", description="Mixture-of-Experts course tools.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        sub = subparsers.add_parser(name, help=help_text, description=help_text,
+                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         sub.set_defaults(_module=module_name)
         module = importlib.import_module(module_name)
         module.configure_parser(sub)
@@ -38,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     module = importlib.import_module(args._module)
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except (ValueError, TypeError) as error:
+        print(f"moe-teach {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
