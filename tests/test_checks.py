@@ -236,3 +236,68 @@ def test_no_hint_or_message_gives_the_solution_away():
             result = evaluate(task, wrong)
             for text in (result.hint, result.message):
                 assert not _formula_problems(text, fragments), (task, wrong.__name__, text)
+
+
+# ----------------------------------------------------------------------------- 05 load balancing
+
+
+def test_switch_check_inputs_separate_the_mistakes_from_rounding():
+    """On the first (skewed, k > 1) case every named mistake is off by clearly more than rounding."""
+    probs, indices = checks._switch_cases()[0]
+    expected = moe_teach.switch_load_balancing_loss(probs, indices)
+    assert indices.shape[1] > 1 and probs.max(-1).values.mean() > 2 / probs.shape[1]   # not near uniform
+    counts = torch.bincount(indices.reshape(-1), minlength=probs.shape[1])
+    assert counts.max() >= 2 * counts.float().mean()                                  # skewed routing
+    for key, value in checks._switch_candidates(probs, indices, expected).items():
+        assert abs(float(value / expected) - 1) > 0.05, key
+
+
+@pytest.mark.parametrize(("wrong", "key", "hint_words"), [
+    (mistakes.switch_loss_p_from_renormalised_topk, "p_from_topk_weights",
+     "P_i must come from the full softmax over all experts, not the top-k weights"),
+    (mistakes.switch_loss_first_choice_only, "first_choice_only", "every one of the k assignments"),
+    (mistakes.z_loss_squared_mean, "squared_mean", "then average"),
+    (mistakes.z_loss_unstable, "overflow", "torch.logsumexp"),
+])
+def test_learner_reported_mistakes_get_their_own_hint(wrong, key, hint_words):
+    result = evaluate("switch_aux_loss" if wrong.__name__.startswith("switch") else "router_z_loss", wrong)
+    assert result.key == key, result.message
+    assert hint_words in result.hint
+
+
+def test_stabilised_logsumexp_by_hand_passes():
+    assert evaluate("router_z_loss", mistakes.z_loss_stable_by_hand).passed
+
+
+@pytest.mark.parametrize(("wrong", "says", "does_not_say"), [
+    (mistakes.switch_loss_p_median, ["P_i do not sum to 1"], ["f_i do not sum to 1", "overall factor"]),
+    (mistakes.switch_loss_squared_counts, ["f_i do not sum to 1"], ["P_i do not sum to 1", "overall factor"]),
+    (mistakes.switch_loss_scaled, ["overall factor", "1.7 instead of 1"], ["do not sum to 1"]),
+    (mistakes.switch_loss_pairs_reversed, ["each sum to 1", "paired"], ["do not sum to 1"]),
+])
+def test_switch_fallback_hint_follows_what_the_learners_loss_does(wrong, says, does_not_say):
+    result = evaluate("switch_aux_loss", wrong)
+    assert result.key == "wrong_values"
+    assert all(words in result.hint for words in says), result.hint
+    assert not any(words in result.hint for words in does_not_say), result.hint
+
+
+def test_z_loss_fallback_hint_skips_the_by_hand_case_when_it_already_passes():
+    assert "all-zero logits" in evaluate("router_z_loss", mistakes.z_loss_scaled).hint
+    assert "right when every logit is zero" in evaluate("router_z_loss", mistakes.z_loss_halved_logits).hint
+
+
+@pytest.mark.parametrize(("task", "wrong", "first_case_loss"), [
+    ("switch_aux_loss", mistakes.switch_loss_scaled,
+     lambda: moe_teach.switch_load_balancing_loss(*checks._switch_cases()[0])),
+    ("router_z_loss", mistakes.z_loss_scaled, lambda: moe_teach.router_z_loss(checks._z_loss_cases()[0])),
+    ("total_aux_loss", mistakes.aux_scaled, None),
+])
+def test_fallback_messages_keep_the_learners_value_but_not_the_target(task, wrong, first_case_loss):
+    result = evaluate(task, wrong)
+    assert result.key == "wrong_values"
+    assert "70% too large" in result.message and "expected" not in result.message
+    if first_case_loss is not None:
+        target = first_case_loss().item()
+        assert f"{1.7 * target:.4g}" in result.message                 # the learner's own value
+        assert f"{target:.4g}" not in result.message + result.hint      # not the target
