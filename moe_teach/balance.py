@@ -243,38 +243,44 @@ def plot_utilisation(run: BalanceRun, ax=None, title: str = "Expert utilisation 
     return ax
 
 
-def plot_token_expert_heatmap(record: RoutingRecord, ax=None, max_tokens: int = 48,
+def plot_token_expert_heatmap(record: RoutingRecord, ax=None, max_tokens: int | None = None,
                               title: str = "Token-by-expert combine weights"):
     """Rows tokens, columns experts: colour = combine weight; a red x marks a dropped assignment.
 
-    Shows the first ``max_tokens`` tokens of the record.
+    Shows the first ``max_tokens`` tokens of the record (all of them when ``None``). Tokens stay
+    in batch order, because the capacity queue is in token order: drops gather at the end.
     """
     ax = _axes(ax, figsize=(4, 6))
-    tokens = min(max_tokens, record.num_tokens)
+    tokens = record.num_tokens if max_tokens is None else min(max_tokens, record.num_tokens)
     weights = record.dense_weights()[:tokens].detach()                         # [tokens, E]
     image = ax.imshow(weights.numpy(), aspect="auto", cmap="Blues", vmin=0, vmax=1,
                       interpolation="nearest")
     dropped_token, dropped_slot = torch.where(~record.kept[:tokens])
     if dropped_token.numel():
         ax.scatter(record.expert_indices[dropped_token, dropped_slot], dropped_token, marker="x", color="red",
-                   s=30, label="dropped (over capacity)")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.25, 1), fontsize=8)
+                   s=60, linewidths=2, label=f"dropped (over capacity): {dropped_token.numel()}")
+        ax.legend(loc="upper right", fontsize=8, framealpha=0.95)
     ax.figure.colorbar(image, ax=ax, label="combine weight", shrink=0.8)
     ax.set_xticks(range(weights.shape[1]), [str(e) for e in range(weights.shape[1])])
-    ax.set(xlabel="expert", ylabel="token", title=title)
+    ax.set(xlabel="expert", ylabel="token (batch order)", title=title)
     return ax
 
 
 def plot_cluster_expert_heatmap(record: RoutingRecord, cluster: torch.Tensor, ax=None,
                                 title: str = "Where each cluster's tokens go"):
-    """Rows clusters, columns experts: share of each cluster's assignments routed to each expert."""
+    """Rows clusters, columns experts: share of each cluster's assignments routed to each expert.
+
+    A token's ``k`` choices are distinct experts, so one expert holds at most ``1/k`` of a cluster's
+    assignments: the colour scale runs from 0 to ``1/k``.
+    """
     ax = _axes(ax, figsize=(4, 5))
     num_clusters = int(cluster.max()) + 1
     counts = torch.zeros(num_clusters, record.num_experts)
     counts.index_put_((cluster.repeat_interleave(record.top_k), record.expert_indices.reshape(-1)),
                       torch.ones(record.expert_indices.numel()), accumulate=True)
     shares = counts / counts.sum(dim=1, keepdim=True).clamp_min(1)
-    image = ax.imshow(shares.numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    image = ax.imshow(shares.numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1 / record.top_k,
+                      interpolation="nearest")
     ax.figure.colorbar(image, ax=ax, label="share of the cluster's assignments", shrink=0.8)
     ax.set_xticks(range(record.num_experts), [str(e) for e in range(record.num_experts)])
     ax.set(xlabel="expert", ylabel="cluster", title=title)

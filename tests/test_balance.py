@@ -90,6 +90,21 @@ def test_plots_are_labelled(task, runs):
     plt.close("all")
 
 
+def test_heatmaps_show_every_token_and_the_possible_colour_range(task):
+    run = train_balance(task, BalanceConfig(top_k=2, capacity_factor=0.75, steps=3))
+    record = run.layer(task.x, return_record=True)[1]
+    assert record.num_dropped > 0
+    ax = plot_token_expert_heatmap(record)
+    assert ax.images[0].get_array().shape == (record.num_tokens, record.num_experts)   # every token
+    marked = {(round(x), round(y)) for x, y in ax.collections[0].get_offsets()}
+    tokens, slots = torch.where(~record.kept)
+    assert marked == {(int(record.expert_indices[t, s]), int(t)) for t, s in zip(tokens, slots)}
+    ax = plot_cluster_expert_heatmap(record, task.cluster)
+    assert ax.images[0].get_clim() == (0, 1 / record.top_k)       # one expert holds at most 1/k
+    assert ax.images[0].get_array().max() <= 1 / record.top_k + 1e-6
+    plt.close("all")
+
+
 def test_bad_config_names_the_argument():
     with pytest.raises(ValueError, match="top_k"):
         BalanceConfig(num_experts=2, top_k=3)

@@ -11,6 +11,7 @@ import pytest
 from moe_teach.widgets import capacity_explorer
 
 CELL = re.compile(r'<rect data-token="(\d+)" data-expert="(\d+)" data-slot="(\d+)" data-kept="(true|false)"')
+CELL_LABEL = re.compile(r'data-slot="(\d+)" data-kept="(true|false)"[^>]*/><text[^>]*>([^<]*)</text>')
 
 
 def shown_cells(explorer):
@@ -125,3 +126,63 @@ def test_update_time_is_measured():
         times.append(time.perf_counter() - start)
     print(f"capacity explorer: median update {1e3 * statistics.median(times):.2f} ms over 50 updates")
     assert_display_follows_the_capacity_rule(explorer, factors[49 % len(factors)])
+
+
+def test_every_cell_shows_its_choice_number_and_dropped_ones_an_x():
+    explorer = capacity_explorer()
+    explorer.factor_slider.value = 0.5
+    labels = CELL_LABEL.findall(explorer.grid.value)
+    assert len(labels) == explorer.state.num_tokens * explorer.state.top_k
+    assert any(kept == "false" for _, kept, _ in labels)
+    for slot, kept, label in labels:
+        number = str(int(slot) + 1)
+        assert html.unescape(label) == (number if kept == "true" else number + "\u2717")
+
+
+def test_dropped_in_slot_lists_the_tokens_with_that_choice_dropped():
+    explorer = capacity_explorer()
+    for factor in (0.5, 1.0, 2.0):
+        explorer.factor_slider.value = factor
+        state = explorer.state
+        for slot in range(state.top_k):
+            assert state.dropped_in_slot(slot) == [t for t, row in enumerate(state.kept) if not row[slot]]
+
+
+@pytest.mark.parametrize("typed, limit", [("10", 3.0), ("0.1", 0.25)])
+def test_typed_value_outside_the_slider_range_is_used_and_noted(typed, limit):
+    explorer = capacity_explorer()
+    explorer.factor_text.value = typed
+    state = explorer.state
+    assert state.capacity_factor == float(typed) and explorer.factor_slider.value == limit
+    assert state.note is not None
+    assert f"limit {limit:g}" in state.note and f"typed value {typed}" in state.note
+    assert "typed value" in html.unescape(explorer.note.value) and explorer.message.value == ""
+    assert_display_follows_the_capacity_rule(explorer, float(typed))
+    explorer.k_slider.value = 1                                   # another control keeps the typed value
+    assert explorer.state.capacity_factor == float(typed) and explorer.state.note is not None
+    explorer.factor_slider.value = 1.5                            # moving the slider applies the slider
+    assert explorer.state.capacity_factor == 1.5 and explorer.factor_text.value == "1.5"
+    assert explorer.state.note is None and explorer.note.value == ""
+    explorer.factor_text.value = typed                            # typing it again works again
+    assert explorer.state.capacity_factor == float(typed)
+    explorer.factor_text.value = "2"                              # in range: the note goes away
+    assert explorer.state.note is None and explorer.factor_slider.value == 2.0
+
+
+def summary_text(explorer):
+    return html.unescape(re.sub(r"<[^>]+>", "", explorer.summary.value))
+
+
+def test_summary_uses_singular_and_plural_correctly():
+    explorer = capacity_explorer()
+    seen = set()
+    for factor in [0.05 * i for i in range(1, 61)]:
+        explorer.factor_text.value = f"{factor:g}"
+        text, state = summary_text(explorer), explorer.state
+        capacity_words = "assignment per expert" if state.capacity == 1 else "assignments per expert"
+        assert f"= {state.capacity} {capacity_words}." in text
+        lost = len(state.fully_dropped)
+        assert f"{lost} {'token' if lost == 1 else 'tokens'} lost every expert" in text
+        assert "(s)" not in text
+        seen.update({("capacity", state.capacity == 1), ("lost", min(lost, 2))})
+    assert {("capacity", True), ("capacity", False), ("lost", 0), ("lost", 1), ("lost", 2)} <= seen

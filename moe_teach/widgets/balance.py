@@ -86,7 +86,7 @@ class BalanceState:
 def train_grid(coefs, config: BalanceConfig, train, progress: bool = True) -> dict[float, BalanceRun]:
     """One run per coefficient, each from the same seeded layer."""
     runs = {}
-    for coef in tqdm(coefs, desc="training the grid", disable=not progress, leave=False):
+    for coef in tqdm(coefs, desc="training the grid", disable=not progress, leave=True):
         cfg = BalanceConfig(**{**config.__dict__, "switch_coef": coef})
         runs[coef] = train_balance(train, cfg)
     return runs

@@ -6,7 +6,10 @@ is made popular by ``skew`` so that it overflows first). Each expert may process
 first choice is served before any second choice, in token order; the rest are dropped.
 
 The picture is a grid, rows tokens and columns experts: a chosen cell is coloured by its slot
-(1st, 2nd, ... choice), a dropped one is red with an X. Tests drive it without a browser::
+and shows its choice number (1st, 2nd, ...); a dropped one is red and shows the number with an X
+(``2✗``: a dropped 2nd choice). Any factor > 0 can be typed; one outside the slider's range leaves
+the slider at its limit and says so; moving the slider always applies the slider's value.
+Tests drive it without a browser::
 
     explorer = capacity_explorer()
     explorer.factor_slider.value = 0.5
@@ -45,6 +48,7 @@ class CapacityState:
         kept_per_expert: ``[E]`` assignments each expert processed (at most ``capacity``).
         num_dropped: dropped assignments; ``fully_dropped``: tokens that lost every expert.
         error: message for malformed input, ``None`` when the input was valid.
+        note: set when the factor in use lies outside the slider's range, else ``None``.
     """
 
     capacity_factor: float
@@ -59,10 +63,20 @@ class CapacityState:
     num_dropped: int = 0
     fully_dropped: list = field(default_factory=list)
     error: str | None = None
+    note: str | None = None
 
     @property
     def drop_rate(self) -> float:
         return self.num_dropped / (self.num_tokens * self.top_k)
+
+    def dropped_in_slot(self, slot: int) -> list:
+        """Tokens whose choice number ``slot + 1`` was dropped (slot 0: first choices)."""
+        return [token for token, row in enumerate(self.kept) if not row[slot]]
+
+
+def plural(count: int, word: str) -> str:
+    """``"1 token"``, ``"3 tokens"``."""
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
 def make_logits(num_tokens: int, num_experts: int, skew: float, seed: int) -> torch.Tensor:
@@ -107,12 +121,13 @@ class CapacityExplorer(widgets.VBox):
                                         description="or type one", placeholder="e.g. 1.1, then Enter")
         self.k_slider = widgets.IntSlider(value=top_k, min=1, max=min(num_experts, len(SLOT_COLOURS)),
                                           description="top-k")
-        self.message, self.summary, self.grid = widgets.HTML(), widgets.HTML(), widgets.HTML()
+        self.message, self.note = widgets.HTML(), widgets.HTML()
+        self.summary, self.grid = widgets.HTML(), widgets.HTML()
         super().__init__([
             widgets.HTML("<b>Capacity explorer</b>: move the capacity factor (or type any value) and watch "
                          "which assignments drop."),
             widgets.HBox([self.factor_slider, self.factor_text, self.k_slider]),
-            self.message, self.summary, self.grid,
+            self.message, self.note, self.summary, self.grid,
         ])
         self.state = CapacityState(capacity_factor, num_tokens, num_experts, top_k)
         self._syncing = False
@@ -123,7 +138,7 @@ class CapacityExplorer(widgets.VBox):
 
     # --- events -------------------------------------------------------------------------
     def _on_slider(self, change):
-        if not self._syncing:
+        if not self._syncing:   # a learner's move: the slider's value replaces whatever was typed
             self.factor_text.value = f"{change['new']:g}"     # fires _on_text, which updates
 
     def _on_text(self, _change):
@@ -146,6 +161,11 @@ class CapacityExplorer(widgets.VBox):
         self.state.error = error
         self.message.value = "" if error is None else message_html(
             f"{error} (showing capacity factor {factor:g})", error=True)
+        if not FACTOR_MIN <= factor <= FACTOR_MAX:
+            limit = FACTOR_MAX if factor > FACTOR_MAX else FACTOR_MIN
+            self.state.note = (f"The slider shows its limit {limit:g}; using the typed value {factor:g}. "
+                               "Move the slider to use its value again.")
+        self.note.value = "" if self.state.note is None else message_html(self.state.note)
         self._draw()
         return self.state
 
@@ -170,18 +190,24 @@ class CapacityExplorer(widgets.VBox):
             f'<div data-dropped="{s.num_dropped}" data-capacity="{s.capacity}" '
             f'data-fully-dropped="{len(s.fully_dropped)}">'
             f"capacity = ceil(factor &times; T &times; k / E) = ceil({s.capacity_factor:g} &times; "
-            f"{s.num_tokens} &times; {s.top_k} / {s.num_experts}) = <b>{s.capacity}</b> assignments per "
-            "expert. "
+            f"{s.num_tokens} &times; {s.top_k} / {s.num_experts}) = "
+            f"<b>{plural(s.capacity, 'assignment')}</b> per expert. "
             f"Dropped: <b>{s.num_dropped}</b> of {total} assignments ({s.drop_rate:.0%}); "
-            f"<b>{len(s.fully_dropped)}</b> token(s) lost every expert (MoE output zero, the residual "
-            f"carries them).</div>")
+            f"<b>{plural(len(s.fully_dropped), 'token')}</b> lost every expert"
+            f"{carried_by_residual(len(s.fully_dropped))}.</div>")
         self.grid.value = token_expert_svg(s)
+
+
+def carried_by_residual(num_lost: int) -> str:
+    if num_lost == 0:
+        return ""
+    return f" (MoE output zero: the residual carries {'it' if num_lost == 1 else 'them'})"
 
 
 def token_expert_svg(state: CapacityState, cell: int = 22) -> str:
     """The token-by-expert grid as SVG; every chosen cell has ``data-token/expert/slot/kept`` attributes."""
     left, top = 70, 34
-    width = max(left + state.num_experts * cell + 150, 8 + (state.top_k + 1) * 78)
+    width = max(left + state.num_experts * cell + 150, 8 + state.top_k * 78 + 230)
     height = top + (state.num_tokens + 2) * cell
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'style="background:white;font-family:sans-serif;font-size:11px">',
@@ -209,13 +235,9 @@ def token_expert_svg(state: CapacityState, cell: int = 22) -> str:
             parts.append(f'<rect data-token="{token}" data-expert="{expert}" data-slot="{slot}" '
                          f'data-kept="{str(kept).lower()}" x="{x}" y="{y}" width="{cell}" height="{cell}" '
                          f'fill="{fill}" stroke="{stroke}"/>')
-            if kept:
-                parts.append(f'<text x="{x + cell / 2}" y="{y + cell * 0.7}" text-anchor="middle">'
-                             f'{slot + 1}</text>')
-            else:
-                low, high = 4, cell - 4
-                parts.append(f'<path d="M{x + low},{y + low} L{x + high},{y + high} M{x + high},{y + low} '
-                             f'L{x + low},{y + high}" stroke="{DROPPED_STROKE}" stroke-width="2"/>')
+            label, colour = (f"{slot + 1}", "black") if kept else (f"{slot + 1}&#10007;", DROPPED_STROKE)
+            parts.append(f'<text x="{x + cell / 2}" y="{y + cell * 0.7}" text-anchor="middle" '
+                         f'fill="{colour}" font-weight="{"normal" if kept else "bold"}">{label}</text>')
         if lost:
             parts.append(f'<text x="{left + state.num_experts * cell + 6}" y="{y + cell * 0.7}" '
                          f'fill="{DROPPED_STROKE}">all dropped</text>')
@@ -227,7 +249,7 @@ def token_expert_svg(state: CapacityState, cell: int = 22) -> str:
                      f'text-anchor="middle">{count}/{state.capacity}</text>')
     legend_y = top + state.num_tokens * cell + cell * 1.8
     legend = [(SLOT_COLOURS[slot], f"choice {slot + 1}") for slot in range(state.top_k)]
-    legend.append((DROPPED_FILL, "dropped (X)"))
+    legend.append((DROPPED_FILL, "dropped (2\u2717: a dropped 2nd choice)"))
     for i, (colour, label) in enumerate(legend):
         x = 8 + i * 78
         parts.append(f'<rect x="{x}" y="{legend_y - 10}" width="12" height="12" fill="{colour}" '
