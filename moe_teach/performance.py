@@ -3,7 +3,8 @@
 * Counted (exact, machine-independent): parameters (total and active per token) and FLOPs
   per token, from :mod:`moe_teach.metrics`.
 * Measured (this machine, noisy): median wall time of a forward pass and of a forward plus
-  backward pass.
+  backward pass, every layer timed in interleaved rounds (:func:`interleaved_timings`) so a
+  burst of background load hits all of them alike.
 * Memory: :func:`training_memory_bytes` adds up parameters, their gradients and every tensor
   autograd saves for the backward pass (through ``torch.autograd.graph.saved_tensors_hooks``).
   It is deterministic and counts what a training step must hold; it leaves out short-lived
@@ -16,6 +17,7 @@ Every MoE layer is compared with two dense feed-forwards: ``dense-active`` (hidd
 
 from __future__ import annotations
 
+import random
 from types import SimpleNamespace
 
 import torch
@@ -24,8 +26,10 @@ from tqdm.auto import tqdm
 from .experts import Expert, expert_parameter_count
 from .layers import MoELayer
 from .lm import LanguageModel, LMConfig
+from .losses import importance_loss, load_loss, router_z_loss, switch_load_balancing_loss
 from .metrics import active_parameters, count_parameters, ffn_flops_per_token, moe_flops_per_token
-from .timing import time_callable
+from .routing import RoutingRecord, apply_capacity, smooth_load
+from .timing import Timing, time_callable
 from .validation import check_top_k
 
 MODELS = ("moe", "dense-active", "dense-total")
@@ -97,21 +101,81 @@ def _dense_counts(dim: int, width: int) -> dict[str, int]:
     }
 
 
-def measure_layer(layer: torch.nn.Module, x: torch.Tensor, repeats: int = 5) -> dict[str, float]:
-    """Median seconds of forward (no grad) and forward + backward, and training memory in bytes."""
+def interleaved_timings(
+    cases: dict,
+    repeats: int = 5,
+    rounds: int | None = None,
+    warmup: int = 1,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
+    """Time every callable of ``cases`` (key -> fn) in ``rounds`` interleaved rounds.
 
-    def forward():
+    Each case is warmed up ``warmup`` times, then every round times each case
+    ``repeats // rounds`` times (``rounds`` defaults to ``repeats``: one call per round), so a
+    slow moment of the machine is shared by all cases instead of hitting one of them. The
+    order of the cases is shuffled each round (seeded), so no case always runs right after
+    the same (say, a much larger) one. Returns key -> :class:`~moe_teach.timing.Timing`.
+    """
+    rounds = repeats if rounds is None else rounds
+    per_round = max(1, repeats // rounds)
+    for fn in cases.values():
+        for _ in range(warmup):
+            fn()
+    results = {key: Timing() for key in cases}
+    order = list(cases)
+    shuffler = random.Random(seed)
+    for _ in tqdm(range(rounds), desc="timing rounds", disable=not progress):
+        shuffler.shuffle(order)
+        for key in order:
+            results[key].times.extend(time_callable(cases[key], repeats=per_round, warmup=0).times)
+    return results
+
+
+def _forward(layer: torch.nn.Module, x: torch.Tensor):
+    def run():
         with torch.no_grad():
             layer(x)
 
-    def forward_backward():
+    return run
+
+
+def _forward_backward(layer: torch.nn.Module, x: torch.Tensor):
+    def run():
         layer(x).sum().backward()
 
-    return {
-        "forward_s": median_seconds(forward, repeats),
-        "forward_backward_s": median_seconds(forward_backward, repeats),
-        "memory_bytes": training_memory_bytes(layer, x),
-    }
+    return run
+
+
+def measure_layers(
+    layers: dict, x: torch.Tensor, repeats: int = 5, rounds: int | None = None, progress: bool = False
+) -> dict:
+    """key -> median seconds and spread of forward (no grad) and forward + backward, and training memory.
+
+    All layers are timed together in interleaved rounds (:func:`interleaved_timings`).
+    ``spread`` is ``(max - min) / median`` of the repeats: large values mean a noisy machine.
+    """
+    cases = {}
+    for key, layer in layers.items():
+        cases[(key, "forward")] = _forward(layer, x)
+        cases[(key, "forward_backward")] = _forward_backward(layer, x)
+    timings = interleaved_timings(cases, repeats, rounds, progress=progress)
+    result = {}
+    for key, layer in layers.items():
+        forward, backward = timings[(key, "forward")], timings[(key, "forward_backward")]
+        result[key] = {
+            "forward_s": forward.median,
+            "forward_backward_s": backward.median,
+            "forward_spread": forward.spread,
+            "forward_backward_spread": backward.spread,
+            "memory_bytes": training_memory_bytes(layer, x),
+        }
+    return result
+
+
+def measure_layer(layer: torch.nn.Module, x: torch.Tensor, repeats: int = 5) -> dict[str, float]:
+    """Median seconds of forward (no grad) and forward + backward, and training memory in bytes."""
+    return measure_layers({"layer": layer}, x, repeats)["layer"]
 
 
 def sweep(
@@ -121,39 +185,37 @@ def sweep(
     dim: int = 64,
     hidden: int = 64,
     repeats: int = 5,
+    rounds: int | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> list[dict]:
     """One row per (model, num_experts, top_k) with counts and measurements; ``k > E`` is skipped.
 
-    Dense layers depend only on their width, so each width is measured once and reused.
+    Dense layers depend only on their width, so each width is measured once and reused. All
+    layers are timed together in interleaved rounds, so their times can be compared.
     """
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(tokens, dim, generator=generator, requires_grad=True)
     pairs = [(e, k) for e in experts for k in top_ks if k <= e]
-    cache: dict[tuple, dict] = {}
-    rows = []
-    for num_experts, top_k in tqdm(pairs, desc="sweep", disable=not progress):
-        layers = make_layers(dim, hidden, num_experts, top_k, seed)
+    layers: dict[tuple, torch.nn.Module] = {}
+    specs = []
+    for num_experts, top_k in pairs:
         counts = layer_counts(dim, hidden, num_experts, top_k)
-        for name, layer in layers.items():
+        for name, layer in make_layers(dim, hidden, num_experts, top_k, seed).items():
             key = (name, num_experts, top_k) if name == "moe" else ("dense", layer.hidden_dim)
-            if key not in cache:
-                cache[key] = measure_layer(layer, x, repeats)
-            rows.append(
-                {
-                    "model": name,
-                    "num_experts": num_experts,
-                    "top_k": top_k,
-                    "tokens": tokens,
-                    **counts[name],
-                    **cache[key],
-                }
-            )
-    return rows
+            layers.setdefault(key, layer)
+            specs.append((name, num_experts, top_k, counts[name], key))
+    measured = measure_layers(layers, x, repeats, rounds, progress)
+    return [
+        {"model": name, "num_experts": e, "top_k": k, "tokens": tokens, **counts, **measured[key]}
+        for name, e, k, counts, key in specs
+    ]
 
 
 # ----------------------------------------------------------------------------- the gap
+STAGES = ("router", "sort_gather", "experts", "combine", "record_aux")
+
+
 @torch.no_grad()
 def moe_forward_breakdown(
     tokens: int = 2048,
@@ -161,44 +223,76 @@ def moe_forward_breakdown(
     hidden: int = 64,
     num_experts: int = 8,
     top_k: int = 2,
-    repeats: int = 7,
+    repeats: int = 20,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Median seconds of each stage of a grouped MoE forward, and of the dense-active forward.
+    """Median seconds of each stage of a grouped MoE forward, of the whole layer and of dense-active.
 
-    Stages: ``router`` (logits, softmax, top-k), ``sort_gather`` (argsort by expert, counts,
-    gather tokens), ``experts`` (one matmul chain per expert slice), ``combine`` (weight,
-    scatter back, sum over k). ``moe_total`` is the whole layer; ``dense_active`` the dense
-    feed-forward doing the same expert FLOPs in one big matmul chain.
+    The stages (:data:`STAGES`) redo, one piece at a time, what ``MoELayer.forward`` does:
+
+    * ``router``: logits, softmax, top-k;
+    * ``sort_gather``: argsort assignments by expert, count them, gather tokens in that order;
+    * ``experts``: one matmul chain per expert slice, outputs concatenated;
+    * ``combine``: weight the outputs, scatter them back to their slots, sum over the k slots;
+    * ``record_aux``: capacity, the :class:`~moe_teach.routing.RoutingRecord` and the four
+      auxiliary losses (switch, z, importance, load) that the layer computes on every call.
+
+    ``moe_total`` is the whole layer and ``dense_active`` the dense feed-forward doing the
+    same expert FLOPs in one matmul chain. All are timed in interleaved rounds. The stages add
+    up to about ``moe_total``; what is left is argument checks, reshapes and Python calls.
     """
     layers = make_layers(dim, hidden, num_experts, top_k, seed)
     moe, dense = layers["moe"], layers["dense-active"]
     x = torch.randn(tokens, dim, generator=torch.Generator().manual_seed(seed))
     routed = moe.router(x)
-    flat = routed.expert_indices.reshape(-1)
+    flat = routed.expert_indices.reshape(-1)                                   # [T*k]
     order = torch.argsort(flat, stable=True)
     counts = torch.bincount(flat, minlength=num_experts).tolist()
     chunks = x.index_select(0, order // top_k).split(counts)
-    outputs = torch.cat([expert(chunk) for expert, chunk in zip(moe.experts, chunks)])
+    outputs = torch.cat([expert(chunk) for expert, chunk in zip(moe.experts, chunks)])  # [T*k, D]
 
     def sort_gather():
         o = torch.argsort(flat, stable=True)
-        torch.bincount(flat, minlength=num_experts).tolist()
-        x.index_select(0, o // top_k)
+        torch.bincount(flat[o], minlength=num_experts).tolist()
+        x.index_select(0, o // top_k).split(counts)
 
     def combine():
         y = outputs * routed.expert_weights.reshape(-1).index_select(0, order).unsqueeze(1)
         y.new_zeros(tokens * top_k, dim).index_copy(0, order, y).view(tokens, top_k, dim).sum(dim=1)
 
-    stages = {
+    def record_aux():
+        capacity = moe.capacity(tokens)
+        kept = apply_capacity(routed.expert_indices, num_experts, capacity)
+        record = RoutingRecord(
+            logits=routed.logits, probs=routed.probs, expert_indices=routed.expert_indices,
+            expert_weights=routed.expert_weights, kept=kept,
+            tokens_per_expert=torch.bincount(routed.expert_indices[kept], minlength=num_experts),
+            capacity=capacity,
+        )
+        switch_load_balancing_loss(record.probs, record.expert_indices)
+        router_z_loss(routed.clean_logits)
+        importance_loss(record.dense_weights())
+        load_loss(smooth_load(routed, top_k))
+
+    cases = {
         "router": lambda: moe.router(x),
         "sort_gather": sort_gather,
-        "experts": lambda: [expert(chunk) for expert, chunk in zip(moe.experts, chunks)],
+        "experts": lambda: torch.cat([expert(chunk) for expert, chunk in zip(moe.experts, chunks)]),
         "combine": combine,
+        "record_aux": record_aux,
         "moe_total": lambda: moe(x),
         "dense_active": lambda: dense(x),
     }
-    return {name: median_seconds(fn, repeats) for name, fn in stages.items()}
+    return {name: timing.median for name, timing in interleaved_timings(cases, repeats).items()}
+
+
+def stage_sum(breakdown: dict[str, float]) -> float:
+    """Sum of the :data:`STAGES` of a :func:`moe_forward_breakdown` result (seconds)."""
+    missing = [name for name in STAGES if name not in breakdown]
+    if missing:
+        raise ValueError(f"breakdown must contain the stages {', '.join(STAGES)}; "
+                         f"missing {', '.join(missing)}")
+    return sum(breakdown[name] for name in STAGES)
 
 
 @torch.no_grad()

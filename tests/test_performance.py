@@ -5,13 +5,17 @@ from moe_teach.experts import Expert
 from moe_teach.lm import LMConfig
 from moe_teach.metrics import active_parameters, count_parameters
 from moe_teach.performance import (
+    STAGES,
     counted_on_meta,
     find_config,
     flop_saving,
+    interleaved_timings,
     layer_counts,
     lm_parameter_formula,
     make_layers,
     median_seconds,
+    moe_forward_breakdown,
+    stage_sum,
     sweep,
     training_memory_bytes,
 )
@@ -51,7 +55,38 @@ def test_sweep_rows():
     assert len(rows) == 3 * len(pairs)
     for r in rows:
         assert r["forward_s"] > 0 and r["forward_backward_s"] > 0 and r["memory_bytes"] > 0
+        assert r["forward_spread"] >= 0 and r["forward_backward_spread"] >= 0
         assert r["active_params"] <= r["params"]
+    dense = [r for r in rows if r["model"] == "dense-active" and r["top_k"] == 1]
+    assert dense[0]["forward_s"] == dense[1]["forward_s"]  # one width, measured once, reused
+
+
+def test_interleaved_timings_times_every_case_in_every_round():
+    calls = []
+    cases = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    timings = interleaved_timings(cases, repeats=6, rounds=3, warmup=1)
+    assert calls[:3] == ["a", "b", "c"]  # warm-up
+    rounds = [calls[3 + 6 * i: 9 + 6 * i] for i in range(3)]
+    for one_round in rounds:  # each case twice in a row, every case in every round
+        assert sorted(one_round) == ["a", "a", "b", "b", "c", "c"]
+        assert one_round[0::2] == one_round[1::2]
+    assert {name: len(t.times) for name, t in timings.items()} == {"a": 6, "b": 6, "c": 6}
+    calls.clear()
+    interleaved_timings(cases, repeats=4, warmup=0)  # default: one call per round
+    assert len(calls) == 12 and all(sorted(calls[3 * i: 3 * i + 3]) == ["a", "b", "c"] for i in range(4))
+
+
+def test_breakdown_has_every_stage_and_they_sum():
+    stages = moe_forward_breakdown(tokens=64, dim=8, hidden=8, num_experts=4, top_k=2, repeats=2)
+    assert set(stages) == set(STAGES) | {"moe_total", "dense_active"}
+    assert all(seconds > 0 for seconds in stages.values())
+    assert stage_sum(stages) == pytest.approx(sum(stages[name] for name in STAGES))
+    assert stage_sum(stages) < sum(stages.values())  # the whole layer and dense are not stages
+
+
+def test_stage_sum_names_missing_stages():
+    with pytest.raises(ValueError, match="record_aux"):
+        stage_sum({name: 1.0 for name in STAGES if name != "record_aux"})
 
 
 def test_parameter_formula_matches_metrics_on_meta_device():
