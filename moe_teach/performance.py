@@ -17,11 +17,9 @@ Every MoE layer is compared with two dense feed-forwards: ``dense-active`` (hidd
 
 from __future__ import annotations
 
-import random
 from types import SimpleNamespace
 
 import torch
-from tqdm.auto import tqdm
 
 from .experts import Expert, expert_parameter_count
 from .layers import MoELayer
@@ -29,7 +27,7 @@ from .lm import LanguageModel, LMConfig
 from .losses import importance_loss, load_loss, router_z_loss, switch_load_balancing_loss
 from .metrics import active_parameters, count_parameters, ffn_flops_per_token, moe_flops_per_token
 from .routing import RoutingRecord, apply_capacity, smooth_load
-from .timing import Timing, time_callable
+from .timing import compare, time_callable
 from .validation import check_top_k
 
 MODELS = ("moe", "dense-active", "dense-total")
@@ -118,18 +116,7 @@ def interleaved_timings(
     the same (say, a much larger) one. Returns key -> :class:`~moe_teach.timing.Timing`.
     """
     rounds = repeats if rounds is None else rounds
-    per_round = max(1, repeats // rounds)
-    for fn in cases.values():
-        for _ in range(warmup):
-            fn()
-    results = {key: Timing() for key in cases}
-    order = list(cases)
-    shuffler = random.Random(seed)
-    for _ in tqdm(range(rounds), desc="timing rounds", disable=not progress):
-        shuffler.shuffle(order)
-        for key in order:
-            results[key].times.extend(time_callable(cases[key], repeats=per_round, warmup=0).times)
-    return results
+    return compare(cases, repeats=repeats, warmup=warmup, rounds=rounds, seed=seed, progress=progress)
 
 
 def _forward(layer: torch.nn.Module, x: torch.Tensor):

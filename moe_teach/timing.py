@@ -14,10 +14,13 @@ this time", never as constants.
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Callable
+
+from tqdm.auto import tqdm
 
 from .validation import check_positive_int
 
@@ -71,11 +74,14 @@ def time_callable(fn: Callable[[], object], repeats: int = 20, warmup: int = 3) 
 
 
 def compare(cases: dict[str, Callable[[], object]], repeats: int = 20, warmup: int = 3,
-            rounds: int = 4) -> dict[str, Timing]:
+            rounds: int = 4, seed: int | None = 0, progress: bool = False) -> dict[str, Timing]:
     """Time every callable of ``cases`` (name -> fn), interleaved over ``rounds`` rounds.
 
-    Each case is warmed up once, then each round times every case ``repeats // rounds`` times
-    (at least once), so slow and fast moments of the machine are shared among the cases.
+    Each case is warmed up ``warmup`` times, then each round times every case
+    ``repeats // rounds`` times (at least once), so slow and fast moments of the machine are
+    shared among the cases. With a ``seed`` the order of the cases is shuffled each round, so
+    no case always runs right after the same (say, a much larger) one; ``seed=None`` keeps
+    the given order. ``progress`` shows a bar over the rounds.
     """
     if not isinstance(cases, dict) or not cases:
         raise ValueError("cases must be a non-empty dict of name -> callable")
@@ -83,12 +89,17 @@ def compare(cases: dict[str, Callable[[], object]], repeats: int = 20, warmup: i
     check_positive_int("rounds", rounds)
     _check_non_negative_int("warmup", warmup)
     per_round = max(1, repeats // rounds)
-    results = {name: time_callable(fn, repeats=1, warmup=warmup) for name, fn in cases.items()}
-    for name in results:
-        results[name].times.clear()   # the call above only warmed up
-    for _ in range(rounds):
-        for name, fn in cases.items():
-            results[name].times.extend(time_callable(fn, repeats=per_round, warmup=0).times)
+    for fn in cases.values():
+        for _ in range(warmup):
+            fn()
+    results = {name: Timing() for name in cases}
+    order = list(cases)
+    shuffler = random.Random(seed) if seed is not None else None
+    for _ in tqdm(range(rounds), desc="timing rounds", disable=not progress):
+        if shuffler is not None:
+            shuffler.shuffle(order)
+        for name in order:
+            results[name].times.extend(time_callable(cases[name], repeats=per_round, warmup=0).times)
     return results
 
 
