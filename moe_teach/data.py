@@ -5,8 +5,9 @@ lists with a seeded ``random.Random``, so the same seed always gives the same co
 
 * Each domain has its own vocabulary (``revenue``, ``plaintiff``, ``return``, ``garden`` ...),
   so an expert *could* specialise in one domain.
-* Every domain also uses the shared function words (``the``, ``of``, ``a``, ``to``, ``.``),
-  so the router cannot simply look at the word: routing is not trivial.
+* Function words (``the``, ``a``, ``in``, ``.`` ...) appear in the three prose domains, so
+  the router cannot always tell the domain from the word alone. The code domain shares only
+  a few words with the others (:func:`shared_words` counts them).
 
 Text is lower case with punctuation already separated by spaces, which suits a word-level
 tokenizer (see :mod:`moe_teach.tokenizer`).
@@ -17,6 +18,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from .tokenizer import split_words
 from .validation import check_positive_int
 
 DOMAINS = ("finance", "legal", "code", "general")
@@ -170,3 +172,21 @@ def domain_counts(documents: list[Document]) -> dict[str, int]:
     for doc in documents:
         counts[doc.domain] += 1
     return counts
+
+
+def domain_vocabularies(documents: list[Document]) -> dict[str, set[str]]:
+    """The set of words each domain's documents use."""
+
+    words = {domain: set() for domain in DOMAINS}
+    for doc in documents:
+        words[doc.domain].update(split_words(doc.text))
+    return words
+
+
+def shared_words(documents: list[Document]) -> dict[str, set[str]]:
+    """For each domain, the words it shares with at least one other domain."""
+    words = domain_vocabularies(documents)
+    return {
+        domain: words[domain] & set().union(*(words[d] for d in DOMAINS if d != domain))
+        for domain in DOMAINS
+    }

@@ -149,16 +149,28 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def encode_prompt(tokenizer: WordTokenizer, prompt: str) -> tuple[list[int], str]:
-    """``<bos>`` + the prompt's ids, and a note naming any word that became ``<unk>`` ("" if none)."""
+def encode_prompt(
+    tokenizer: WordTokenizer, prompt: str, max_seq_len: int | None = None
+) -> tuple[list[int], str]:
+    """``<bos>`` + the prompt's ids, and a note ("" if nothing to say).
+
+    The note names any word that became ``<unk>`` and, when ``<bos>`` + prompt is longer
+    than ``max_seq_len``, says that the model only sees the last ``max_seq_len`` tokens.
+    """
+    ids = tokenizer.encode(prompt, add_bos=True)
+    notes = []
     unknown = tokenizer.unknown_words(prompt)
-    note = ""
     if unknown:
-        note = (
+        notes.append(
             f"note: {len(unknown)} word(s) not in the vocabulary were replaced by <unk>: "
             f"{', '.join(repr(w) for w in unknown)}"
         )
-    return tokenizer.encode(prompt, add_bos=True), note
+    if max_seq_len is not None and len(ids) > max_seq_len:
+        notes.append(
+            f"note: the prompt is {len(ids) - 1} words but the model reads at most {max_seq_len} tokens; "
+            f"it used only the last {max_seq_len} words"
+        )
+    return ids, "\n".join(notes)
 
 
 @torch.no_grad()
@@ -167,7 +179,7 @@ def next_word_probabilities(
 ) -> tuple[list[tuple[str, float]], str]:
     """The ``top_n`` most likely next words after ``prompt`` with their probabilities, and the unk note."""
     check_positive_int("top_n", top_n)
-    ids, note = encode_prompt(tokenizer, prompt)
+    ids, note = encode_prompt(tokenizer, prompt, model.config.max_seq_len)
     probs = _next_token_probs(model, ids)
     values, indices = probs.topk(min(top_n, probs.numel()))
     return [(tokenizer.vocab[i], float(p)) for p, i in zip(values.tolist(), indices.tolist())], note
@@ -191,12 +203,14 @@ def generate(
     """Continue ``prompt``: greedy when ``temperature == 0``, else sampling at that temperature.
 
     Stops at ``<eos>``. Sampling uses its own seeded generator, so the same seed gives the
-    same text. Returns ``(text, note)`` where ``note`` names words that became ``<unk>``.
+    same text. Returns ``(text, note)`` where ``note`` names words that became ``<unk>`` and says
+    when a long prompt was cut to its last ``max_seq_len`` tokens (the text is the whole prompt
+    plus the new words).
     The model is put in eval mode (no router noise) and restored afterwards.
     """
     check_positive_int("max_new_words", max_new_words)
     temperature = check_non_negative_float("temperature", temperature)
-    ids, note = encode_prompt(tokenizer, prompt)
+    ids, note = encode_prompt(tokenizer, prompt, model.config.max_seq_len)
     generator = torch.Generator().manual_seed(seed)
     was_training = model.training
     model.eval()

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,6 +194,8 @@ def train_model(
         if step % 10 == 0 or step == config.steps - 1:
             bar.set_postfix(loss=f"{task.item():.3f}")
     bar.close()
+    if progress:  # one plain line that stays readable in a static copy of the notebook
+        print(f"{desc}: {config.steps} steps, final training loss {history.loss[-1]:.3f}")
     return history
 
 
@@ -297,13 +301,17 @@ def read_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {path}")
+    not_ours = f"{path} is not a moe-teach checkpoint (not a file written by torch.save / save_checkpoint)"
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise ValueError(not_ours)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001
-        # torch raises many types here (UnpicklingError, RuntimeError, ...); the first line says why
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    except Exception:  # noqa: BLE001
+        # torch raises many types here (UnpicklingError, RuntimeError, ...) and its messages
+        # suggest weights_only=False, which would run arbitrary code from the file: never do that
         raise ValueError(
-            f"{path} is not a readable moe-teach checkpoint (corrupt or not a torch file): {reason}"
+            f"{path} is not a moe-teach checkpoint (a damaged torch file, or one holding Python "
+            "objects that safe loading refuses)"
         ) from None
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
@@ -359,26 +367,68 @@ def _load_state(model: LanguageModel, state: dict, path) -> None:
 
 
 # ----------------------------------------------------------------------------- command line
+MIN_DOCUMENTS_PER_DOMAIN = 10
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="moe", choices=MODEL_KINDS, help="which model to train")
-    parser.add_argument("--steps", type=int, default=600, help="optimizer steps")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    parser.add_argument("--steps", type=int, default=600, help="optimizer steps (>= 1)")
+    parser.add_argument("--batch-size", type=int, default=16, help="documents per step (>= 1)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (> 0)")
     parser.add_argument(
         "--seed", type=int, default=0, help="seed for the corpus, the weights and the batches"
     )
-    parser.add_argument("--documents-per-domain", type=int, default=300)
-    parser.add_argument("--experts", type=int, default=4)
-    parser.add_argument("--top-k", type=int, default=2)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--out", default="runs/lm.pt", help="checkpoint path (default runs/lm.pt)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--documents-per-domain",
+        type=int,
+        default=300,
+        help=f"generated documents per domain, 20%% held out for validation (>= {MIN_DOCUMENTS_PER_DOMAIN})",
+    )
+    parser.add_argument("--experts", type=int, default=4, help="experts per MoE layer (>= 1)")
+    parser.add_argument("--top-k", type=int, default=2, help="experts per token (1 to --experts)")
+    parser.add_argument("--layers", type=int, default=2, help="transformer blocks (>= 1)")
+    parser.add_argument("--out", default="runs/lm.pt", help="checkpoint file to write (folders are created)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (>= 1); this model is so small that 1 thread is usually fastest",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+def check_args(args: argparse.Namespace) -> Path:
+    """Validate every argument before any training; returns the checked ``--out`` path."""
+    for name in ("steps", "batch_size", "experts", "layers", "threads"):
+        check_positive_int(f"--{name.replace('_', '-')}", getattr(args, name))
+    check_positive_float("--lr", args.lr)
+    if not 1 <= args.top_k <= args.experts:
+        raise ValueError(f"--top-k must be between 1 and --experts={args.experts}, got {args.top_k}")
+    if args.documents_per_domain < MIN_DOCUMENTS_PER_DOMAIN:
+        raise ValueError(
+            f"--documents-per-domain must be at least {MIN_DOCUMENTS_PER_DOMAIN}, "
+            f"got {args.documents_per_domain}"
+        )
+    return check_writable(args.out)
+
+
+def check_writable(out) -> Path:
+    """Create ``out``'s folder and check a file can be written there, so a run cannot fail at the end."""
+    path = Path(out)
+    if path.is_dir():
+        raise ValueError(f"--out must be a file path, but {path} is a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--out: cannot create the folder {path.parent} ({error.strerror})") from None
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"--out: {path} is not writable (check the folder's permissions)")
+    return path
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        torch.set_num_threads(check_positive_int("threads", args.threads))
+    out = check_args(args)
+    torch.set_num_threads(args.threads)
     prepared = prepare_data(args.documents_per_domain, seed=args.seed)
     base = LMConfig(
         vocab_size=len(prepared.tokenizer), num_layers=args.layers, num_experts=args.experts, top_k=args.top_k
@@ -393,7 +443,7 @@ def run(args: argparse.Namespace) -> int:
     )
     train_model(model, prepared.train, train_config, progress=not args.no_progress, desc=args.model)
     perplexity = evaluate(model, prepared.validation)
-    path = save_checkpoint(args.out, model, prepared.tokenizer)
+    path = save_checkpoint(out, model, prepared.tokenizer)
     print("validation perplexity: " + ", ".join(f"{k} {v:.2f}" for k, v in perplexity.items()))
     print(f"checkpoint written to {path}")
     return 0

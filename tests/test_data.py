@@ -1,6 +1,14 @@
 import pytest
 
-from moe_teach.data import DOMAINS, SHARED_WORDS, WORDS, domain_counts, make_corpus
+from moe_teach.data import (
+    DOMAINS,
+    SHARED_WORDS,
+    WORDS,
+    domain_counts,
+    domain_vocabularies,
+    make_corpus,
+    shared_words,
+)
 from moe_teach.tokenizer import split_words
 
 
@@ -36,3 +44,14 @@ def test_domains_have_own_vocabulary_and_share_function_words():
 def test_bad_split_fraction(bad):
     with pytest.raises(ValueError, match="validation_fraction"):
         make_corpus(10, validation_fraction=bad)
+
+
+def test_shared_words_are_counted_per_domain():
+    corpus = make_corpus(30, seed=0)
+    vocabularies = domain_vocabularies(corpus.train)
+    shared = shared_words(corpus.train)
+    for domain in DOMAINS:
+        assert shared[domain] <= vocabularies[domain]
+        for word in shared[domain]:
+            assert any(word in vocabularies[d] for d in DOMAINS if d != domain)
+    assert "the" in shared["finance"] and "revenue" not in shared["finance"]

@@ -78,3 +78,16 @@ def test_generation_is_seeded_and_notes_unknown_words():
     top, _ = next_word_probabilities(model, tokenizer, "a b", top_n=3)
     assert len(top) == 3 and top[0][1] >= top[1][1] >= top[2][1]
     assert model.training  # generate restores the mode it found
+
+
+def test_long_prompt_is_cut_and_the_note_says_so():
+    tokenizer = WordTokenizer.from_texts(["a b c d e f g h i j k l m n o p"])
+    model = small_model(max_seq_len=6)
+    prompt = "a b c d e f g h i j"  # 10 words + <bos> > max_seq_len
+    text, note = generate(model, tokenizer, prompt, max_new_words=2)
+    assert text.startswith(prompt)
+    assert "last 6 words" in note
+    _, short_note = generate(model, tokenizer, "a b c", max_new_words=2)
+    assert short_note == ""
+    _, probs_note = next_word_probabilities(model, tokenizer, prompt)
+    assert "last 6 words" in probs_note

@@ -1,3 +1,5 @@
+import argparse
+
 import pytest
 import torch
 
@@ -100,12 +102,25 @@ def test_bad_checkpoints_give_clear_errors(prepared, tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(ValueError, match="corrupt.pt"):
+    with pytest.raises(ValueError, match="corrupt.pt is not a moe-teach checkpoint"):
         load_checkpoint(corrupt)
+    damaged = tmp_path / "damaged.pt"  # a zip archive whose payload is cut short
+    damaged.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2] + path.read_bytes()[-200:])
+    with pytest.raises(ValueError, match="damaged.pt is not a moe-teach checkpoint") as info:
+        load_checkpoint(damaged)
+    assert "weights_only" not in str(info.value)
     text = tmp_path / "notes.pt"
-    text.write_text("hello")
-    with pytest.raises(ValueError, match="notes.pt"):
+    text.write_text("hi\n")
+    with pytest.raises(ValueError) as info:
         load_checkpoint(text)
+    assert str(info.value) == (
+        f"{text} is not a moe-teach checkpoint (not a file written by torch.save / save_checkpoint)"
+    )
+    pickled = tmp_path / "pickled.pt"  # holds a Python object that safe loading refuses
+    torch.save({"obj": argparse.Namespace(a=1)}, pickled)
+    with pytest.raises(ValueError, match="pickled.pt is not a moe-teach checkpoint") as info:
+        load_checkpoint(pickled)
+    assert "weights_only" not in str(info.value)
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(3)}, other)
     with pytest.raises(ValueError, match="not a moe-teach"):
@@ -137,7 +152,7 @@ def test_cli_train_writes_a_loadable_checkpoint(tmp_path, capsys):
             "--steps",
             "3",
             "--documents-per-domain",
-            "8",
+            "10",
             "--batch-size",
             "4",
             "--out",
@@ -150,3 +165,39 @@ def test_cli_train_writes_a_loadable_checkpoint(tmp_path, capsys):
     assert code == 0 and "validation perplexity" in capsys.readouterr().out
     model, tokenizer = load_checkpoint(path)
     assert not model.config.moe and len(tokenizer) == model.config.vocab_size
+
+
+CLI_BASE = ["train", "--steps", "2", "--documents-per-domain", "10", "--batch-size", "4", "--no-progress"]
+
+
+@pytest.mark.parametrize(
+    "extra, named",
+    [
+        (["--steps", "0"], "--steps"),
+        (["--lr", "0"], "--lr"),
+        (["--lr=-1e-3"], "--lr"),
+        (["--experts", "0"], "--experts"),
+        (["--top-k", "5"], "--top-k"),
+        (["--top-k", "0"], "--top-k"),
+        (["--threads", "0"], "--threads"),
+        (["--layers", "0"], "--layers"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--documents-per-domain", "3"], "--documents-per-domain"),
+    ],
+)
+def test_cli_rejects_bad_arguments_before_training(tmp_path, capsys, extra, named):
+    out = tmp_path / "lm.pt"
+    code = main([*CLI_BASE, "--out", str(out), *extra])
+    error = capsys.readouterr().err
+    assert code == 2 and named in error and not out.exists()
+
+
+def test_cli_checks_out_before_training(tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file where a folder should be")
+    assert main([*CLI_BASE, "--out", str(blocker / "lm.pt")]) == 2
+    assert "cannot create the folder" in capsys.readouterr().err
+    assert main([*CLI_BASE, "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    out = tmp_path / "new" / "deeper" / "lm.pt"
+    assert main([*CLI_BASE, "--out", str(out)]) == 0 and out.is_file()
