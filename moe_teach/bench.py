@@ -15,15 +15,13 @@ region), so the timings compare dispatch and expert compute only. The last print
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
-from tqdm.auto import tqdm
 
 from .dispatch import DISPATCHERS
 from .experts import ACTIVATIONS, Expert, make_experts
 from .routing import topk_softmax
-from .timing import time_callable
+from .timing import compare
 from .validation import check_choice, check_positive_int, check_top_k
 
 # dispatch path -> benchmark row name
@@ -67,19 +65,8 @@ def run_benchmark(tokens=4096, width=256, hidden=1024, num_experts=8, top_k=2, a
     check_choice("activation", activation, ACTIVATIONS)
     check_positive_int("repeats", repeats)
     cases = make_cases(tokens, width, hidden, num_experts, top_k, activation, seed)
-    per_round = max(1, repeats // rounds)
-    bar = tqdm(total=(rounds + 1) * len(cases), desc="timing", disable=not progress)
-    samples: dict[str, list[float]] = {name: [] for name in cases}
-    for step in cases.values():                 # warm-up: first calls allocate memory
-        step()
-        bar.update()
-    for _ in range(rounds):
-        for name, step in cases.items():
-            bar.set_postfix_str(name)
-            samples[name] += time_callable(step, repeats=per_round, warmup=0).times
-            bar.update()
-    bar.close()
-    return {name: statistics.median(values) for name, values in samples.items()}
+    timings = compare(cases, repeats=repeats, warmup=1, rounds=rounds, seed=None, progress=progress)
+    return {name: timing.median for name, timing in timings.items()}
 
 
 def format_report(times: dict[str, float], top_k: int, num_experts: int) -> str:

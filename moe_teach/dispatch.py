@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .routing import scatter_to_experts
 from .validation import check_float_tensor
 
 
@@ -60,7 +61,7 @@ def dispatch_dense_mask(x: torch.Tensor, experts: nn.ModuleList, expert_indices:
     """Reference: all experts on all tokens, then a weighted sum with a sparse ``[T, E]`` matrix."""
     check_dispatch_args(x, experts, expert_indices, expert_weights, kept)
     weights = _combine_weights(expert_weights, kept, x.dtype)                       # [T, k]
-    dense = x.new_zeros(x.shape[0], len(experts)).scatter_add(1, expert_indices, weights)  # [T, E]
+    dense = scatter_to_experts(expert_indices, weights, len(experts))               # [T, E]
     all_outputs = torch.stack([expert(x) for expert in experts], dim=1)           # [T, E, O]
     return torch.einsum("te,teo->to", dense, all_outputs)
 
@@ -79,9 +80,9 @@ def dispatch_loop(x: torch.Tensor, experts: nn.ModuleList, expert_indices: torch
         y = expert(x[token_ids]) * weights[token_ids, slot_ids, None]
         if slot_outputs is None:
             slot_outputs = y.new_zeros(*expert_indices.shape, y.shape[-1])
-        slot_outputs = slot_outputs.index_put((token_ids, slot_ids), y)
+        slot_outputs.index_put_((token_ids, slot_ids), y)
     if slot_outputs is None:  # every assignment dropped
-        return _zero_output(x, experts)
+        return _zero_output(x, experts, weights)
     return slot_outputs.sum(dim=1)
 
 
@@ -98,7 +99,7 @@ def dispatch_grouped(x: torch.Tensor, experts: nn.ModuleList, expert_indices: to
         kept_ids = kept.reshape(-1).nonzero().squeeze(1)
         order = kept_ids[torch.argsort(flat_experts[kept_ids], stable=True)]
     if order.numel() == 0:
-        return _zero_output(x, experts)
+        return _zero_output(x, experts, flat_weights)
     counts = torch.bincount(flat_experts[order], minlength=len(experts)).tolist()
     sorted_x = x.index_select(0, order // top_k)                                  # [N, D]
     outputs = [expert(chunk) for expert, chunk in zip(experts, sorted_x.split(counts)) if chunk.shape[0]]
@@ -107,10 +108,14 @@ def dispatch_grouped(x: torch.Tensor, experts: nn.ModuleList, expert_indices: to
     return slot_outputs.view(num_tokens, top_k, -1).sum(dim=1)
 
 
-def _zero_output(x: torch.Tensor, experts: nn.ModuleList) -> torch.Tensor:
-    """``[T, O]`` zeros that still connect to the graph (every assignment was dropped)."""
+def _zero_output(x: torch.Tensor, experts: nn.ModuleList, weights: torch.Tensor) -> torch.Tensor:
+    """``[T, O]`` zeros when every assignment was dropped.
+
+    ``0 * weights.sum()`` keeps the result in the autograd graph (a zero gradient for the
+    weights), as the compute-all path does, so ``.backward()`` works on every path.
+    """
     output_dim = experts[0](x[:1]).shape[-1]
-    return x.new_zeros(x.shape[0], output_dim)
+    return x.new_zeros(x.shape[0], output_dim) + 0 * weights.sum()
 
 
 DISPATCHERS = {"mask": dispatch_dense_mask, "loop": dispatch_loop, "grouped": dispatch_grouped}

@@ -83,25 +83,32 @@ class MoELayer(nn.Module):
         kept = apply_capacity(routed.expert_indices, self.num_experts, capacity)   # [T, k]
         output = DISPATCHERS[self.dispatch](tokens, self.experts, routed.expert_indices,
                                             routed.expert_weights, None if capacity is None else kept)
-        flat_mask = None if token_mask is None else token_mask.reshape(-1)
-        record = RoutingRecord(
-            logits=routed.logits, probs=routed.probs, expert_indices=routed.expert_indices,
-            expert_weights=routed.expert_weights, kept=kept,
-            tokens_per_expert=torch.bincount(routed.expert_indices[kept], minlength=self.num_experts),
-            capacity=capacity,
-        )
-        record.aux_losses = self._aux_losses(routed, record, flat_mask)
+        flat_mask = None if token_mask is None else token_mask.reshape(-1).bool()
+        record = self.make_record(routed, kept, capacity, flat_mask)
         self.last_record = record
         output = output.reshape(*x.shape[:-1], self.output_dim)
         return (output, record) if return_record else output
 
-    def _aux_losses(self, routed, record: RoutingRecord, token_mask) -> dict:
-        return {
+    def make_record(self, routed, kept: torch.Tensor, capacity: int | None,
+                    token_mask: torch.Tensor | None = None) -> RoutingRecord:
+        """The :class:`RoutingRecord` of a routing decision, auxiliary losses included.
+
+        ``kept`` ``[T, k]`` is the capacity mask; ``token_mask`` ``[T]`` (True = real token)
+        keeps padding out of the auxiliary losses.
+        """
+        record = RoutingRecord(
+            logits=routed.logits, probs=routed.probs, expert_indices=routed.expert_indices,
+            expert_weights=routed.expert_weights, kept=kept,
+            tokens_per_expert=torch.bincount(routed.expert_indices[kept], minlength=self.num_experts),
+            capacity=capacity, token_mask=token_mask,
+        )
+        record.aux_losses = {
             "switch": switch_load_balancing_loss(record.probs, record.expert_indices, token_mask),
             "z": router_z_loss(routed.clean_logits, token_mask),
             "importance": importance_loss(record.dense_weights(), token_mask),
-            "load": load_loss(smooth_load(routed, self.top_k)),
+            "load": load_loss(smooth_load(routed, self.top_k, token_mask)),
         }
+        return record
 
     def extra_repr(self) -> str:
         return (f"input_dim={self.input_dim}, output_dim={self.output_dim}, num_experts={self.num_experts}, "

@@ -24,9 +24,8 @@ import torch
 from .experts import Expert, expert_parameter_count
 from .layers import MoELayer
 from .lm import LanguageModel, LMConfig
-from .losses import importance_loss, load_loss, router_z_loss, switch_load_balancing_loss
 from .metrics import active_parameters, count_parameters, ffn_flops_per_token, moe_flops_per_token
-from .routing import RoutingRecord, apply_capacity, smooth_load
+from .routing import apply_capacity
 from .timing import compare, time_callable
 from .validation import check_top_k
 
@@ -249,17 +248,7 @@ def moe_forward_breakdown(
 
     def record_aux():
         capacity = moe.capacity(tokens)
-        kept = apply_capacity(routed.expert_indices, num_experts, capacity)
-        record = RoutingRecord(
-            logits=routed.logits, probs=routed.probs, expert_indices=routed.expert_indices,
-            expert_weights=routed.expert_weights, kept=kept,
-            tokens_per_expert=torch.bincount(routed.expert_indices[kept], minlength=num_experts),
-            capacity=capacity,
-        )
-        switch_load_balancing_loss(record.probs, record.expert_indices)
-        router_z_loss(routed.clean_logits)
-        importance_loss(record.dense_weights())
-        load_loss(smooth_load(routed, top_k))
+        moe.make_record(routed, apply_capacity(routed.expert_indices, num_experts, capacity), capacity)
 
     cases = {
         "router": lambda: moe.router(x),

@@ -68,6 +68,9 @@ class RoutingRecord:
         tokens_per_expert: ``[E]`` int64 assignments each expert processed (after dropping).
         capacity: assignments each expert may take, or ``None`` (dropless).
         aux_losses: name -> scalar tensor (``"switch"``, ``"z"``, ``"importance"``, ``"load"``).
+        token_mask: ``[T]`` bool, True for real tokens, or ``None`` (all real). Padding is still
+            computed (and takes capacity) but is left out of the auxiliary losses and of
+            :attr:`load_per_expert`.
     """
 
     logits: torch.Tensor
@@ -78,6 +81,7 @@ class RoutingRecord:
     tokens_per_expert: torch.Tensor
     capacity: int | None
     aux_losses: dict = field(default_factory=dict)
+    token_mask: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -100,6 +104,12 @@ class RoutingRecord:
     def routed_per_expert(self) -> torch.Tensor:
         """``[E]`` assignments each expert was chosen for, before capacity dropping."""
         return torch.bincount(self.expert_indices.reshape(-1), minlength=self.num_experts)
+
+    @property
+    def load_per_expert(self) -> torch.Tensor:
+        """``[E]`` kept assignments of real (non-padding) tokens per expert."""
+        kept = self.kept if self.token_mask is None else self.kept & self.token_mask.unsqueeze(1)
+        return torch.bincount(self.expert_indices[kept], minlength=self.num_experts)
 
     @property
     def num_dropped(self) -> int:
@@ -220,17 +230,19 @@ class NoisyTopKRouter(TopKRouter):
         return RouterOutput(noisy, probs, indices, weights, clean_logits=clean, noise_std=std)
 
 
-def smooth_load(router_out: RouterOutput, top_k: int) -> torch.Tensor:
+def smooth_load(router_out: RouterOutput, top_k: int, token_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Shazeer's differentiable load estimate ``[E]`` for the noisy router.
 
     For each token and expert: the probability, over a fresh draw of that expert's noise,
     that the expert would still be in the top k (the other experts' noisy scores held fixed).
-    Without noise (plain router, eval mode) it falls back to the hard counts.
+    Without noise (plain router, eval mode) it falls back to the hard counts. Tokens whose
+    ``token_mask`` entry is False (padding) are not counted.
     """
     num_experts = router_out.logits.shape[-1]
+    keep = slice(None) if token_mask is None else token_mask.bool()
     if router_out.noise_std is None or top_k >= num_experts:
-        return torch.bincount(router_out.expert_indices.reshape(-1), minlength=num_experts).float()
-    noisy, clean, std = router_out.logits, router_out.clean_logits, router_out.noise_std
+        return torch.bincount(router_out.expert_indices[keep].reshape(-1), minlength=num_experts).float()
+    noisy, clean, std = router_out.logits[keep], router_out.clean_logits[keep], router_out.noise_std[keep]
     top_values = noisy.topk(top_k + 1, dim=-1).values          # [T, k+1]
     kth_in = top_values[:, top_k - 1:top_k]                    # threshold if i is currently out
     kth_out = top_values[:, top_k:top_k + 1]                   # threshold if i is currently in

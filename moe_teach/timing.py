@@ -22,7 +22,7 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
-from .validation import check_positive_int
+from .validation import check_non_negative_int, check_positive_int
 
 
 @dataclass
@@ -51,18 +51,12 @@ class Timing:
         return (max(self.times) - min(self.times)) / self.median if self.median > 0 else 0.0
 
 
-def _check_non_negative_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-    return value
-
-
 def time_callable(fn: Callable[[], object], repeats: int = 20, warmup: int = 3) -> Timing:
     """Call ``fn()`` ``warmup`` times untimed, then ``repeats`` times timed; return the :class:`Timing`."""
     if not callable(fn):
         raise TypeError(f"fn must be a callable taking no arguments, got {type(fn).__name__}")
     check_positive_int("repeats", repeats)
-    _check_non_negative_int("warmup", warmup)
+    check_non_negative_int("warmup", warmup)
     for _ in range(warmup):
         fn()
     times = []
@@ -87,7 +81,7 @@ def compare(cases: dict[str, Callable[[], object]], repeats: int = 20, warmup: i
         raise ValueError("cases must be a non-empty dict of name -> callable")
     check_positive_int("repeats", repeats)
     check_positive_int("rounds", rounds)
-    _check_non_negative_int("warmup", warmup)
+    check_non_negative_int("warmup", warmup)
     per_round = max(1, repeats // rounds)
     for fn in cases.values():
         for _ in range(warmup):

@@ -27,7 +27,12 @@ from .data import DOMAINS, Document, make_corpus
 from .lm import LanguageModel, LMConfig, lm_loss
 from .tokenizer import WordTokenizer
 from .transformer import collect_aux_losses, moe_layers
-from .validation import check_non_negative_float, check_positive_float, check_positive_int
+from .validation import (
+    check_non_negative_float,
+    check_non_negative_int,
+    check_positive_float,
+    check_positive_int,
+)
 
 MODEL_KINDS = ("moe", "dense-active", "dense-total")
 
@@ -120,12 +125,7 @@ class TrainConfig:
         check_positive_int("steps", self.steps)
         check_positive_int("batch_size", self.batch_size)
         check_positive_float("lr", self.lr)
-        if (
-            isinstance(self.warmup_steps, bool)
-            or not isinstance(self.warmup_steps, int)
-            or self.warmup_steps < 0
-        ):
-            raise ValueError(f"warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
+        check_non_negative_int("warmup_steps", self.warmup_steps)
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be between 0 and 1, got {self.min_lr_ratio}")
         check_non_negative_float("weight_decay", self.weight_decay)
@@ -207,7 +207,7 @@ def _record(history: History, task, aux, lr, grad_norm, model) -> None:
     history.grad_norm.append(float(grad_norm))
     layers = moe_layers(model)
     if layers:
-        counts = torch.stack([layer.last_record.tokens_per_expert.float() for layer in layers])  # [L, E]
+        counts = torch.stack([layer.last_record.load_per_expert.float() for layer in layers])  # [L, E], no padding
         history.expert_load.append(counts / counts.sum(dim=1, keepdim=True))
 
 

@@ -18,6 +18,15 @@ def check_positive_int(name: str, value) -> int:
     return value
 
 
+def check_non_negative_int(name: str, value) -> int:
+    """Return ``value`` if it is an int >= 0, else raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= 0 (0, 1, 2, ...), got {value!r} of type {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be an int >= 0 (0, 1, 2, ...), got {value}")
+    return value
+
+
 def check_top_k(top_k, num_experts: int) -> int:
     """``top_k`` must be an int with 1 <= top_k <= num_experts."""
     if isinstance(top_k, bool) or not isinstance(top_k, int):

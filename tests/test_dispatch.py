@@ -104,3 +104,13 @@ def test_layer_never_exceeds_capacity_and_counts_drops(k):
     assert record.num_dropped == int((~record.kept).sum()) > 0
     assert int(record.tokens_per_expert.sum()) == 50 * k - record.num_dropped
     assert torch.equal(out[record.dropped_tokens], torch.zeros_like(out[record.dropped_tokens]))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_all_dropped_output_still_supports_backward(path):
+    x, modules, indices, weights = routed_problem(4, 5, 3, 4, 2, "relu", seed=2)
+    weights = weights.clone().requires_grad_(True)
+    kept = torch.zeros_like(indices, dtype=torch.bool)
+    out = DISPATCHERS[path](x, modules, indices, weights, kept)
+    out.sum().backward()
+    assert torch.equal(weights.grad, torch.zeros_like(weights))

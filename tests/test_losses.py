@@ -1,8 +1,18 @@
 """Auxiliary losses: the Switch convention pinned, z-loss formula, CV-squared guards, padding."""
 
+import pytest
 import torch
 
-from moe_teach import MoELayer, collect_aux_losses, cv_squared, importance_loss, router_z_loss
+from moe_teach import (
+    MoELayer,
+    NoisyTopKRouter,
+    RouterOutput,
+    collect_aux_losses,
+    cv_squared,
+    importance_loss,
+    router_z_loss,
+    smooth_load,
+)
 from moe_teach import switch_load_balancing_loss as switch_loss
 from moe_teach.transformer import BlockConfig, TransformerBlock
 
@@ -95,3 +105,29 @@ def test_layer_record_uses_full_softmax_for_the_balancing_loss():
     _, record = layer(torch.randn(9, 6), return_record=True)
     assert torch.isclose(record.aux_losses["switch"], switch_loss(record.probs, record.expert_indices))
     assert torch.isclose(record.aux_losses["z"], router_z_loss(record.logits))
+
+
+@pytest.mark.parametrize("router", ["softmax", "noisy"])
+def test_padding_changes_no_auxiliary_loss_and_no_load_count(router):
+    torch.manual_seed(0)
+    layer = MoELayer(6, 6, num_experts=4, top_k=2, router=router).eval()
+    real = torch.randn(1, 5, 6)
+    padded = torch.cat([real, 10 * torch.randn(1, 3, 6)], dim=1)        # 3 padding tokens
+    mask = torch.tensor([[True] * 5 + [False] * 3])
+    _, alone = layer(real, return_record=True)
+    _, masked = layer(padded, return_record=True, token_mask=mask)
+    for name, value in alone.aux_losses.items():
+        assert torch.allclose(masked.aux_losses[name], value), name
+    assert torch.equal(masked.load_per_expert, alone.tokens_per_expert)
+    assert int(masked.tokens_per_expert.sum()) == 8 * 2               # padding is still computed
+
+
+def test_noisy_smooth_load_skips_masked_tokens():
+    torch.manual_seed(1)
+    router = NoisyTopKRouter(6, 5, 2)
+    out = router(torch.randn(10, 6))
+    mask = torch.arange(10) < 6
+    first_six = RouterOutput(out.logits[:6], out.probs[:6], out.expert_indices[:6], out.expert_weights[:6],
+                             out.clean_logits[:6], out.noise_std[:6])
+    assert torch.allclose(smooth_load(out, 2, mask), smooth_load(first_six, 2))
+    assert not torch.allclose(smooth_load(out, 2, mask), smooth_load(out, 2))
