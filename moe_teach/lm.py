@@ -180,15 +180,15 @@ def next_word_probabilities(
     """The ``top_n`` most likely next words after ``prompt`` with their probabilities, and the unk note."""
     check_positive_int("top_n", top_n)
     ids, note = encode_prompt(tokenizer, prompt, model.config.max_seq_len)
-    probs = _next_token_probs(model, ids)
+    probs = torch.softmax(_next_token_logits(model, ids), dim=-1)
     values, indices = probs.topk(min(top_n, probs.numel()))
     return [(tokenizer.vocab[i], float(p)) for p, i in zip(values.tolist(), indices.tolist())], note
 
 
-def _next_token_probs(model: LanguageModel, ids: list[int]) -> torch.Tensor:
-    """``[V]`` next-token probabilities; the context is cut to the last ``max_seq_len`` ids."""
+def _next_token_logits(model: LanguageModel, ids: list[int]) -> torch.Tensor:
+    """``[V]`` float32 next-token logits; the context is cut to the last ``max_seq_len`` ids."""
     context = torch.tensor([ids[-model.config.max_seq_len :]], dtype=torch.long)
-    return torch.softmax(model(context)[0, -1].float(), dim=-1)
+    return model(context)[0, -1].float()
 
 
 @torch.no_grad()
@@ -216,12 +216,12 @@ def generate(
     model.eval()
     try:
         for _ in range(max_new_words):
-            probs = _next_token_probs(model, ids)
+            logits = _next_token_logits(model, ids)
             if temperature == 0:
-                next_id = int(probs.argmax())
+                next_id = int(logits.argmax())
             else:
-                scaled = torch.softmax(torch.log(probs.clamp_min(1e-12)) / temperature, dim=-1)
-                next_id = int(torch.multinomial(scaled, 1, generator=generator))
+                probs = torch.softmax(logits / temperature, dim=-1)
+                next_id = int(torch.multinomial(probs, 1, generator=generator))
             if next_id == tokenizer.eos_id:
                 break
             ids.append(next_id)

@@ -29,8 +29,6 @@ from .routing import apply_capacity
 from .timing import compare, time_callable
 from .validation import check_top_k
 
-MODELS = ("moe", "dense-active", "dense-total")
-
 
 # ----------------------------------------------------------------------------- measuring
 def median_seconds(fn, repeats: int = 5, warmup: int = 1) -> float:
@@ -157,11 +155,6 @@ def measure_layers(
             "memory_bytes": training_memory_bytes(layer, x),
         }
     return result
-
-
-def measure_layer(layer: torch.nn.Module, x: torch.Tensor, repeats: int = 5) -> dict[str, float]:
-    """Median seconds of forward (no grad) and forward + backward, and training memory in bytes."""
-    return measure_layers({"layer": layer}, x, repeats)["layer"]
 
 
 def sweep(

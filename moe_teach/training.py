@@ -28,6 +28,7 @@ from .lm import LanguageModel, LMConfig, lm_loss
 from .tokenizer import WordTokenizer
 from .transformer import collect_aux_losses, moe_layers
 from .validation import (
+    check_choice,
     check_non_negative_float,
     check_non_negative_int,
     check_positive_float,
@@ -94,8 +95,7 @@ def prepare_data(documents_per_domain: int = 300, seed: int = 0, max_seq_len: in
 
 def model_config(kind: str, base: LMConfig) -> LMConfig:
     """``"moe"`` -> ``base``; ``"dense-active"``/``"dense-total"`` -> its dense twin."""
-    if kind not in MODEL_KINDS:
-        raise ValueError(f"kind must be one of {', '.join(map(repr, MODEL_KINDS))}, got {kind!r}")
+    check_choice("kind", kind, MODEL_KINDS)
     return base if kind == "moe" else base.dense_twin(kind.split("-")[1])
 
 

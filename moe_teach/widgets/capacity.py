@@ -26,7 +26,7 @@ import ipywidgets as widgets
 import torch
 
 from ..routing import apply_capacity, expert_capacity, topk_softmax
-from ..validation import check_non_negative_float, check_positive_int, check_top_k
+from ..validation import check_non_negative_float, check_positive_float, check_positive_int, check_top_k
 from .common import ACCENT, message_html
 
 SLOT_COLOURS = (ACCENT, "#ffa94d", "#ffd8a8", "#fff4e6")   # 1st, 2nd, 3rd, 4th choice
@@ -111,7 +111,7 @@ class CapacityExplorer(widgets.VBox):
         check_positive_int("num_tokens", num_tokens)
         check_positive_int("num_experts", num_experts)
         check_top_k(top_k, num_experts)
-        capacity_factor = parse_factor(str(capacity_factor))
+        capacity_factor = check_positive_float("capacity_factor", capacity_factor)
         check_non_negative_float("skew", skew)
         self.logits = make_logits(num_tokens, num_experts, skew, seed)
         self.factor_slider = widgets.FloatSlider(
