@@ -99,7 +99,6 @@ class MoELayer(nn.Module):
         record = RoutingRecord(
             logits=routed.logits, probs=routed.probs, expert_indices=routed.expert_indices,
             expert_weights=routed.expert_weights, kept=kept,
-            tokens_per_expert=torch.bincount(routed.expert_indices[kept], minlength=self.num_experts),
             capacity=capacity, token_mask=token_mask,
         )
         record.aux_losses = {

@@ -65,7 +65,6 @@ class RoutingRecord:
     Attributes:
         logits, probs, expert_indices, expert_weights: as in :class:`RouterOutput`.
         kept: ``[T, k]`` bool, False where the (token, slot) assignment was dropped by capacity.
-        tokens_per_expert: ``[E]`` int64 assignments each expert processed (after dropping).
         capacity: assignments each expert may take, or ``None`` (dropless).
         aux_losses: name -> scalar tensor (``"switch"``, ``"z"``, ``"importance"``, ``"load"``).
         token_mask: ``[T]`` bool, True for real tokens, or ``None`` (all real). Padding is still
@@ -78,7 +77,6 @@ class RoutingRecord:
     expert_indices: torch.Tensor
     expert_weights: torch.Tensor
     kept: torch.Tensor
-    tokens_per_expert: torch.Tensor
     capacity: int | None
     aux_losses: dict = field(default_factory=dict)
     token_mask: torch.Tensor | None = None
@@ -99,6 +97,11 @@ class RoutingRecord:
     def combine_weights(self) -> torch.Tensor:
         """``[T, k]`` weights actually applied: ``expert_weights`` with dropped slots zeroed."""
         return self.expert_weights * self.kept
+
+    @property
+    def tokens_per_expert(self) -> torch.Tensor:
+        """``[E]`` assignments each expert processed (after capacity dropping; padding included)."""
+        return torch.bincount(self.expert_indices[self.kept], minlength=self.num_experts)
 
     @property
     def routed_per_expert(self) -> torch.Tensor:
