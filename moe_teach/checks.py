@@ -494,6 +494,10 @@ def _check_gate_probabilities(fn):
             if _close(out, logits):
                 raise Mistake("no_softmax", "your output is the raw router logits: they do not sum to 1",
                               "Turn the logits into probabilities with a softmax over the experts.")
+            if _close(out.exp(), expected):
+                raise Mistake("log_softmax", "your output is the log of the probabilities (log_softmax): "
+                              "the values are negative and do not sum to 1",
+                              "The gate returns probabilities themselves, not their logarithms.")
             raise Mistake("not_normalised", f"a token's probabilities should sum to 1, yours sum to "
                           f"{row_sums[0].item():.4g} for the first token",
                           "Use a softmax (not a sigmoid) over the experts dimension.")
@@ -600,6 +604,12 @@ def _check_top_k_routing(fn):
         w = weights.detach().double()
         chosen_probs = probs.gather(1, indices).double()
         if not torch.allclose(w.sum(-1), torch.ones(tokens, dtype=torch.float64), atol=1e-5):
+            if _close(w, chosen_probs) and k == 1:
+                raise Mistake("not_renormalised",
+                              "when k is 1 your weight is the raw softmax probability; this task renormalises "
+                              "for every k, so a single kept weight becomes 1",
+                              "Divide by the sum of the kept probabilities when k is 1 too (not renormalising "
+                              "top-1 is the Switch rule of the next task).")
             if _close(w, chosen_probs):
                 raise Mistake("not_renormalised", *_TOPK_MESSAGES["not_renormalised"])
             if _close(w, logits.gather(1, indices)):
@@ -686,6 +696,8 @@ def _check_sparse_moe_forward(fn):
                              "Divide each token's k chosen probabilities by their sum."),
         "unweighted": ("the chosen experts' outputs are added without their weights",
                        "Multiply each chosen expert's output by its routing weight."),
+        "first_choice_only": ("only each token's first choice contributes: its other k - 1 experts are "
+                              "missing", "Every one of a token's k chosen experts adds its weighted output."),
     }
     # case 0: 2 tokens, 6 experts, top-2 -> at least two experts are chosen by no token
     cases = [(2, 4, 6, 2, 3), (5, 3, 4, 2, 2), (1, 4, 3, 3, 3)]     # (tokens, dim, experts, k, out_dim)
@@ -708,6 +720,7 @@ def _check_sparse_moe_forward(fn):
                 "dense_mixture": torch.einsum("te,teo->to", probs, outputs),
                 "not_renormalised": (chosen_outputs * probs.gather(1, indices)[..., None]).sum(1),
                 "unweighted": chosen_outputs.sum(1),
+                "first_choice_only": chosen_outputs[:, 0] * weights[:, :1],
             }
             _diagnose(out, candidates, messages, (
                 "wrong_values", (f"the shape is right but the values differ from the reference top-{k} layer "
@@ -739,6 +752,9 @@ def _check_capacity_per_expert(fn):
                           "assignments to share out"), "Multiply the number of tokens by top_k."),
         "rounded_down": ("your capacity is rounded down: a fractional capacity must round up",
                          "Use math.ceil so capacity_factor 1.0 never leaves a slot short."),
+        "rounded_too_early": ("you rounded up the per-token share and then multiplied by top_k, which "
+                              "rounds k times instead of once",
+                              "Round once, at the very end, after every factor of the formula is in."),
     }
     cases = [(16, 4, 1, 1.0), (16, 4, 2, 1.25), (10, 3, 3, 1.0), (7, 4, 2, 1.5), (1, 8, 1, 1.0),
              (12, 5, 2, 0.5)]
@@ -746,8 +762,11 @@ def _check_capacity_per_expert(fn):
         expected = expert_capacity(tokens, num_experts, k, factor)
         got = _call(fn, tokens, num_experts, k, factor)
         if isinstance(got, bool) or not isinstance(got, int):
+            hint = ("Compute with plain Python numbers: math.ceil returns an int, which is a count."
+                    if isinstance(got, torch.Tensor) else
+                    "math.ceil returns an int; a float such as 4.0 is not a count.")
             raise Mistake("not_int", f"the capacity should be an int, got {got!r} ({type(got).__name__})",
-                          "math.ceil returns an int; a float such as 4.0 is not a count.")
+                          hint)
         if got == expected:
             continue
         case = f"tokens={tokens}, num_experts={num_experts}, top_k={k}, capacity_factor={factor}"
@@ -755,6 +774,7 @@ def _check_capacity_per_expert(fn):
             "missing_num_experts": math.ceil(factor * tokens * k),
             "missing_top_k": math.ceil(factor * tokens / num_experts),
             "rounded_down": int(factor * tokens * k / num_experts),
+            "rounded_too_early": math.ceil(factor * tokens / num_experts) * k,
         }
         for key, value in candidates.items():
             if got == value:
@@ -781,7 +801,19 @@ def _keep_mask_cases():
     return cases
 
 
+_KEEP_MESSAGES = {
+    "token_major_priority": ("a token's second choice was served before another token's first choice",
+                             "Serve all first choices (column 0, in token order) before any second "
+                             "choice: walk the [tokens, k] indices column by column."),
+    "reshape_order": ("your decisions are right but land on the wrong (token, choice) slots: the "
+                      "choice-by-choice order was reshaped straight to [tokens, k]",
+                      "A flat list built choice by choice is laid out choice-major; bring it back to "
+                      "[tokens, k] through that layout, not with a direct view."),
+}
+
+
 def _check_keep_mask(fn):
+    ambiguous = False
     for indices, num_experts, capacity in _keep_mask_cases():
         out = _call(fn, indices.clone(), num_experts, capacity)
         _expect_tensor(out, indices.shape, "The mask has the shape of expert_indices: [tokens, k].")
@@ -790,6 +822,17 @@ def _check_keep_mask(fn):
                 raise Mistake("not_bool", f"the mask should be True/False, got dtype {out.dtype}",
                               "A comparison such as position < capacity gives a bool tensor.")
             out = out.bool()
+        expected = apply_capacity(indices, num_experts, capacity)
+        if torch.equal(out, expected):
+            continue
+        tokens, k = indices.shape
+        token_major = torch.equal(out, _token_major_keep(indices, num_experts, capacity))
+        reshaped = k > 1 and torch.equal(out, expected.T.reshape(-1).view(tokens, k))
+        if token_major and reshaped:
+            ambiguous = True          # this case cannot tell the two apart: let a later case decide
+            continue
+        if reshaped:                  # before the counts: a reshaped mask moves decisions between experts
+            raise Mistake("reshape_order", *_KEEP_MESSAGES["reshape_order"])
         routed = torch.bincount(indices.reshape(-1), minlength=num_experts)
         kept = torch.bincount(indices[out], minlength=num_experts)
         over = (kept > capacity).nonzero().reshape(-1)
@@ -804,17 +847,13 @@ def _check_keep_mask(fn):
                           f"expert {e} keeps only {int(kept[e])} of its {int(routed[e])} "
                           f"assignments although its capacity is {capacity}",
                           "Drop only the assignments past the capacity; the first `capacity` ones stay.")
-        expected = apply_capacity(indices, num_experts, capacity)
-        if torch.equal(out, expected):
-            continue
-        if torch.equal(out, _token_major_keep(indices, num_experts, capacity)):
-            raise Mistake("token_major_priority", "a token's second choice was served before another token's "
-                          "first choice",
-                          "Serve all first choices (column 0, in token order) before any second "
-                          "choice: walk the [tokens, k] indices column by column.")
+        if token_major:
+            raise Mistake("token_major_priority", *_KEEP_MESSAGES["token_major_priority"])
         raise Mistake("wrong_priority",
                       "each expert keeps the right number of assignments, but not the right ones",
                       "Within each choice (column), earlier tokens come first.")
+    if ambiguous:
+        raise Mistake("token_major_priority", *_KEEP_MESSAGES["token_major_priority"])
 
 
 def _check_dispatch_with_capacity(fn):
@@ -825,6 +864,8 @@ def _check_dispatch_with_capacity(fn):
                                 "expert's output by the input.")),
         "ignored_kept": ("your output includes assignments that the capacity dropped",
                          "Use kept: an assignment with kept[t, j] == False contributes nothing."),
+        "kept_inverted": ("your output uses the dropped assignments and skips the kept ones",
+                          "kept[t, j] is True where the assignment is kept, i.e. processed by its expert."),
         "renormalised_after_drop": ("you renormalised the remaining weights after dropping",
                                     ("This course keeps the routing weights as they are; a dropped slot "
                                     "simply contributes zero.")),
@@ -851,7 +892,8 @@ def _check_dispatch_with_capacity(fn):
                                             kept_weights / kept_weights.sum(-1,
                                                                             keepdim=True).clamp(min=1e-9),
                                                                             kept)
-        candidates = {"dropped_passthrough": passthrough, "ignored_kept": dropless,
+            inverted = dispatch_grouped(x, experts, indices, weights, ~kept)
+        candidates = {"dropped_passthrough": passthrough, "ignored_kept": dropless, "kept_inverted": inverted,
                       "renormalised_after_drop": renormalised}
         all_dropped = ~kept.any(-1)
         if all_dropped.any() and not _close(out[all_dropped], torch.zeros_like(out[all_dropped])):
@@ -1114,11 +1156,20 @@ def _check_block_forward(fn):
                          "feed-forward.")),
         "parallel_block": ("attention and feed-forward both read the block's input (a parallel block)",
                            "The feed-forward reads the output of the attention step."),
+        "wrong_norm": ("the feed-forward reads the stream through norm1 instead of its own norm",
+                       "Each sub-layer has its own norm: norm1 belongs to attention, norm2 to the "
+                       "feed-forward."),
+        "residual_from_norm": ("the residual adds a sub-layer's output to the normalised stream",
+                               "Only what a sub-layer reads is normalised; its output is added back to "
+                               "the stream as it was before the norm."),
     }
     for seed, (batch, seq) in enumerate([(2, 5), (1, 1), (3, 4)]):
         with _seeded(110 + seed):
             block = TransformerBlock(BlockConfig(**_BLOCK_CONFIG))
             x = torch.randn(batch, seq, _BLOCK_CONFIG["dim"])
+            with torch.no_grad():        # fresh norms are all identical: give each its own parameters
+                for param in [*block.norm1.parameters(), *block.norm2.parameters()]:
+                    param.add_(0.5 * torch.randn_like(param))
         with torch.no_grad():
             expected = block(x)
             h = x + block.attention(block.norm1(x))
@@ -1132,7 +1183,10 @@ def _check_block_forward(fn):
                 "missing_norm": [h + block.feed_forward(h),
                                  unnormed_h + block.feed_forward(block.norm2(unnormed_h))],
                 "parallel_block": x + block.attention(block.norm1(x)) + block.feed_forward(block.norm2(x)),
+                "wrong_norm": h + block.feed_forward(block.norm1(h)),
             }
+            normed = block.norm1(x) + block.attention(block.norm1(x))
+            candidates["residual_from_norm"] = block.norm2(normed) + block.feed_forward(block.norm2(normed))
         block.forward = _forbidden_forward
         out = _call(fn, block, x.clone())
         _expect_tensor(out, expected.shape, "The block keeps the shape of its input: [batch, seq, dim].")

@@ -150,6 +150,10 @@ def gate_with_temperature(x, router_weight):
     return torch.softmax(x @ router_weight.T / 2, dim=-1)
 
 
+def gate_log_softmax(x, router_weight):
+    return torch.log_softmax(x @ router_weight.T, dim=-1)
+
+
 def mixture_unweighted(x, router_weight, experts):
     return torch.stack([expert(x) for expert in experts], dim=1).mean(dim=1)
 
@@ -203,6 +207,12 @@ def topk_returns_three(logits, k):
     return probs, weights / weights.sum(-1, keepdim=True), indices
 
 
+def topk_renormalised_only_when_k_above_one(logits, k):
+    """Treats k = 1 as Switch routing: keeps the raw probability instead of renormalising it to 1."""
+    weights, indices = torch.softmax(logits, dim=-1).topk(k, dim=-1)
+    return (weights / weights.sum(-1, keepdim=True) if k > 1 else weights), indices
+
+
 def switch_renormalised(logits):
     weights, indices = torch.softmax(logits, dim=-1).topk(1, dim=-1)
     return weights / weights.sum(-1, keepdim=True), indices
@@ -254,6 +264,16 @@ def sparse_not_renormalised(x, router_weight, experts, k):
     return (dense.unsqueeze(-1) * outputs).sum(1)
 
 
+def sparse_first_choice_only(x, router_weight, experts, k):
+    weights, indices = _route(x, router_weight, k)
+    out = torch.zeros(x.shape[0], experts[0].output_dim)
+    for e, expert in enumerate(experts):
+        tokens = (indices[:, 0] == e).nonzero().reshape(-1)
+        if len(tokens):
+            out = out.index_add(0, tokens, weights[tokens, :1] * expert(x[tokens]))
+    return out
+
+
 def sparse_with_temperature(x, router_weight, experts, k):
     """No named diagnosis: gets the generic hint."""
     weights, indices = _route(x / 2, router_weight, k)
@@ -277,6 +297,14 @@ def capacity_floor(num_tokens, num_experts, top_k, capacity_factor):
     return int(capacity_factor * num_tokens * top_k / num_experts)
 
 
+def capacity_rounded_per_token(num_tokens, num_experts, top_k, capacity_factor):
+    return math.ceil(capacity_factor * num_tokens / num_experts) * top_k
+
+
+def capacity_tensor(num_tokens, num_experts, top_k, capacity_factor):
+    return torch.tensor(capacity_factor * num_tokens * top_k / num_experts).ceil().long()
+
+
 def capacity_plus_one(num_tokens, num_experts, top_k, capacity_factor):
     """No named diagnosis: gets the generic hint."""
     return math.ceil(capacity_factor * num_tokens * top_k / num_experts) + 1
@@ -295,6 +323,11 @@ def keep_token_major(expert_indices, num_experts, capacity):
 def keep_off_by_one(expert_indices, num_experts, capacity):
     num_tokens, k = expert_indices.shape
     return (_positions(expert_indices.T.reshape(-1), num_experts) <= capacity).view(k, num_tokens).T
+
+
+def keep_reshaped_without_transpose(expert_indices, num_experts, capacity):
+    """Right order of service, but the column-major result is viewed straight as [T, k]."""
+    return (_positions(expert_indices.T.reshape(-1), num_experts) < capacity).view_as(expert_indices)
 
 
 def keep_drop_whole_expert(expert_indices, num_experts, capacity):
@@ -332,6 +365,10 @@ def dispatch_ignores_kept(x, experts, expert_indices, expert_weights, kept):
 def dispatch_renormalised_after_drop(x, experts, expert_indices, expert_weights, kept):
     weights = expert_weights * kept
     return _dispatch(x, experts, expert_indices, weights / weights.sum(-1, keepdim=True).clamp(min=1e-9))
+
+
+def dispatch_kept_inverted(x, experts, expert_indices, expert_weights, kept):
+    return _dispatch(x, experts, expert_indices, expert_weights * ~kept)
 
 
 def dispatch_doubled_weights(x, experts, expert_indices, expert_weights, kept):
@@ -481,6 +518,18 @@ def block_ffn_without_norm(block, x):
     return x + block.feed_forward(x)
 
 
+def block_norm1_twice(block, x):
+    x = x + block.attention(block.norm1(x))
+    return x + block.feed_forward(block.norm1(x))
+
+
+def block_residual_from_normed(block, x):
+    h = block.norm1(x)
+    x = h + block.attention(h)
+    h = block.norm2(x)
+    return h + block.feed_forward(h)
+
+
 def block_doubled_feed_forward(block, x):
     """No named diagnosis: gets the generic hint."""
     x = x + block.attention(block.norm1(x))
@@ -546,14 +595,16 @@ MISTAKES = {
                                 ("one_layer_only", count_down_projection_only),
                                 ("wrong_count", count_forgot_down_bias)],
     "gate_probabilities": [("softmax_wrong_dim", gate_softmax_over_tokens), ("no_softmax", gate_raw_logits),
-                           ("not_normalised", gate_sigmoid), ("transposed_output", gate_transposed),
+                           ("not_normalised", gate_sigmoid), ("log_softmax", gate_log_softmax),
+                           ("transposed_output", gate_transposed),
                            ("wrong_values", gate_with_temperature)],
     "soft_mixture": [("unweighted", mixture_unweighted), ("softmax_wrong_dim", mixture_softmax_over_tokens),
                      ("router_no_grad", mixture_detached_gate), ("wrong_values", mixture_with_temperature)],
     "top_k_routing": [("not_renormalised", topk_not_renormalised),
                       ("softmax_wrong_dim", topk_softmax_over_tokens),
                       ("picked_smallest", topk_smallest), ("weights_are_logits", topk_logits_as_weights),
-                      ("wrong_values", topk_with_temperature), ("return_format", topk_returns_three)],
+                      ("wrong_values", topk_with_temperature), ("return_format", topk_returns_three),
+                      ("not_renormalised", topk_renormalised_only_when_k_above_one)],
     "switch_routing": [("renormalised_top1", switch_renormalised),
                        ("renormalised_top1", switch_softmax_over_kept_logit),
                        ("softmax_wrong_dim", switch_softmax_over_tokens), ("no_gradient", switch_detached),
@@ -561,15 +612,19 @@ MISTAKES = {
     "sparse_moe_forward": [("dense_mixture", sparse_dense_mixture),
                            ("gradient_leak", sparse_mask_not_exactly_zero),
                            ("not_renormalised", sparse_not_renormalised),
+                           ("first_choice_only", sparse_first_choice_only),
                            ("wrong_values", sparse_with_temperature)],
     "capacity_per_expert": [("missing_num_experts", capacity_without_num_experts),
                             ("missing_top_k", capacity_without_top_k), ("rounded_down", capacity_floor),
-                            ("wrong_capacity", capacity_plus_one)],
+                            ("wrong_capacity", capacity_plus_one),
+                            ("rounded_too_early", capacity_rounded_per_token), ("not_int", capacity_tensor)],
     "keep_mask": [("token_major_priority", keep_token_major), ("over_capacity", keep_off_by_one),
-                  ("dropped_with_room", keep_drop_whole_expert), ("wrong_priority", keep_later_tokens_first)],
+                  ("dropped_with_room", keep_drop_whole_expert), ("wrong_priority", keep_later_tokens_first),
+                  ("reshape_order", keep_reshaped_without_transpose)],
     "dispatch_with_capacity": [("dropped_passthrough", dispatch_dropped_passthrough),
                                ("ignored_kept", dispatch_ignores_kept),
                                ("renormalised_after_drop", dispatch_renormalised_after_drop),
+                               ("kept_inverted", dispatch_kept_inverted),
                                ("wrong_values", dispatch_doubled_weights)],
     "switch_aux_loss": [("f_not_divided_by_k", switch_loss_f_not_divided_by_k),
                         ("p_from_topk", switch_loss_p_from_topk),
@@ -587,6 +642,7 @@ MISTAKES = {
                       ("wrong_values", z_loss_scaled), ("wrong_values", z_loss_halved_logits)],
     "block_forward": [("post_norm", block_post_norm), ("missing_residual", block_missing_residual),
                       ("missing_norm", block_ffn_without_norm), ("called_block", block_calls_itself),
+                      ("wrong_norm", block_norm1_twice), ("residual_from_norm", block_residual_from_normed),
                       ("wrong_values", block_doubled_feed_forward)],
     "total_aux_loss": [("one_layer_only", aux_last_layer_only),
                        ("balance_coef_unused", aux_balance_coef_unused),

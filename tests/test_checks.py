@@ -301,3 +301,23 @@ def test_fallback_messages_keep_the_learners_value_but_not_the_target(task, wron
         target = first_case_loss().item()
         assert f"{1.7 * target:.4g}" in result.message                 # the learner's own value
         assert f"{target:.4g}" not in result.message + result.hint      # not the target
+
+
+# ----------------------------------------------------------------------------- learner-tried mistakes
+
+
+def test_top_k_without_renormalising_k1_says_k1():
+    result = evaluate("top_k_routing", mistakes.topk_renormalised_only_when_k_above_one)
+    assert result.key == "not_renormalised"
+    assert "k is 1" in result.message and "k is 1" in result.hint
+
+
+def test_block_check_tells_the_two_norms_apart():
+    """Fresh norms are identical; the check must still fail a block that uses norm1 twice."""
+    assert evaluate("block_forward", mistakes.block_norm1_twice).key == "wrong_norm"
+    assert evaluate("block_forward", moe_teach.TransformerBlock.forward).status == DONE
+
+
+def test_capacity_as_a_tensor_gets_a_tensor_hint():
+    result = evaluate("capacity_per_expert", mistakes.capacity_tensor)
+    assert result.key == "not_int" and "Tensor" in result.message and "float such as" not in result.hint
