@@ -19,7 +19,6 @@ the same numbers (up to float rounding with a different number of threads).
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import matplotlib.pyplot as plt
@@ -29,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .layers import MoELayer
 from .routing import RoutingRecord, apply_capacity, expert_capacity
+from .timing import torch_threads
 from .validation import check_non_negative_float, check_positive_float, check_positive_int, check_top_k
 
 
@@ -164,26 +164,11 @@ def expert_shares(record: RoutingRecord) -> torch.Tensor:
     return record.routed_per_expert.float() / record.expert_indices.numel()
 
 
-@contextmanager
-def single_thread():
-    """Run torch on one thread inside the block, then restore the previous setting.
-
-    These matrices are tiny: a second thread only adds synchronisation (and on a busy machine
-    a lot of waiting), and one thread gives the same numbers on every machine.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def train_balance(task: ClusterTask, config: BalanceConfig | None = None, progress: bool = False,
                   desc: str = "training") -> BalanceRun:
     """Train a fresh layer full-batch on ``task`` (on one thread) and record utilisation at every step."""
     config = BalanceConfig() if config is None else config
-    with single_thread():
+    with torch_threads(1):
         return _train(task, config, progress, desc)
 
 

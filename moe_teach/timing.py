@@ -17,9 +17,11 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
 from tqdm.auto import tqdm
 
 from .validation import check_non_negative_int, check_positive_int
@@ -49,6 +51,22 @@ class Timing:
     def spread(self) -> float:
         """``(max - min) / median``: a rough idea of how noisy the machine was."""
         return (max(self.times) - min(self.times)) / self.median if self.median > 0 else 0.0
+
+
+@contextmanager
+def torch_threads(count: int | None):
+    """Run torch on ``count`` threads inside the block, then restore the previous setting.
+
+    ``None`` keeps the current setting. The course's toy models are tiny: a second thread
+    mostly adds synchronisation, and on a busy machine several threads can be many times slower.
+    """
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(check_positive_int("threads", count))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def time_callable(fn: Callable[[], object], repeats: int = 20, warmup: int = 3) -> Timing:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .timing import torch_threads
 from .validation import check_float_tensor, check_positive_float, check_positive_int
 
 
@@ -124,21 +125,16 @@ def train_regression(model: nn.Module, data: ToyData, steps: int = 300, lr: floa
     """
     check_positive_int("steps", steps)
     check_positive_float("lr", lr)
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(check_positive_int("threads", threads))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     losses = []
-    try:
+    with torch_threads(threads):
         for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=True):
             loss = nn.functional.mse_loss(model(data.x), data.y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-    finally:
-        torch.set_num_threads(previous_threads)
     model.eval()
     return losses
 

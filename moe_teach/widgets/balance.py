@@ -32,11 +32,11 @@ from ..balance import (
     capacity_drops,
     make_cluster_task,
     route,
-    single_thread,
     split_task,
     train_balance,
 )
 from ..dispatch import dispatch_grouped
+from ..timing import torch_threads
 from ..validation import check_non_negative_float, check_positive_float
 from .common import message_html, svg_bar_chart
 
@@ -109,7 +109,7 @@ class BalanceExplorer(widgets.VBox):
         self.runs = train_grid(coefs, self.config, self.train_task, progress)
         self.coefs = {f"{c:g}": c for c in coefs}
         self.factors = {factor_label(f): f for f in factors}
-        with single_thread():   # every (coef, factor) pair once, so moving a slider only redraws
+        with torch_threads(1):   # every (coef, factor) pair once, so moving a slider only redraws
             self.records = {coef: route(run.layer, self.held_out.x) for coef, run in self.runs.items()}
             self.states = {(c, f): self.compute(c, f) for c in coefs for f in factors}
         default_factor = factor_label(None) if None in factors else factor_label(factors[-1])
