@@ -3,11 +3,7 @@
 Lessons build each piece inline first, check it against the version here, then use this one.
 """
 
-from .dispatch import DISPATCHERS, dispatch_dense_mask, dispatch_grouped, dispatch_loop
-from .experts import ACTIVATIONS, Expert, expert_parameter_count, make_experts
-from .layers import MoELayer
-from .losses import cv_squared, importance_loss, load_loss, router_z_loss, switch_load_balancing_loss
-from .metrics import (
+from .counting import (
     active_parameters,
     attention_flops_per_token,
     block_flops_per_token,
@@ -15,6 +11,10 @@ from .metrics import (
     ffn_flops_per_token,
     moe_flops_per_token,
 )
+from .dispatch import DISPATCHERS, dispatch_dense_mask, dispatch_grouped, dispatch_loop
+from .experts import ACTIVATIONS, Expert, expert_parameter_count, make_experts
+from .losses import cv_squared, importance_loss, load_loss, router_z_loss, switch_load_balancing_loss
+from .moe_layer import MoELayer
 from .routing import (
     NoisyTopKRouter,
     RouterOutput,

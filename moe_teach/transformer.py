@@ -17,7 +17,7 @@ from torch import nn
 
 from .dispatch import DISPATCHERS
 from .experts import ACTIVATIONS, Expert
-from .layers import MoELayer
+from .moe_layer import MoELayer
 from .routing import ROUTERS
 from .validation import (
     check_choice,

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from moe_teach import apply_capacity, expert_capacity
-from moe_teach.balance import (
+from moe_teach.lessons.balance import (
     BalanceConfig,
     capacity_drops,
     expert_shares,

@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from moe_teach import bench
+from moe_teach.course import bench
 
 
 def test_benchmark_reports_every_case_and_the_ratio_line():
@@ -35,7 +35,7 @@ def test_bad_benchmark_sizes_are_rejected():
 
 
 def test_cli_reports_bad_values_in_one_line(capsys):
-    from moe_teach.cli import main
+    from moe_teach.course.cli import main
 
     assert main(["bench", "--tokens", "-1"]) == 2
     err = capsys.readouterr().err
@@ -43,7 +43,7 @@ def test_cli_reports_bad_values_in_one_line(capsys):
 
 
 def test_cli_help_shows_defaults(capsys):
-    from moe_teach.cli import main
+    from moe_teach.course.cli import main
 
     with pytest.raises(SystemExit):
         main(["bench", "--help"])

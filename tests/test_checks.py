@@ -11,8 +11,8 @@ import torch
 from mistakes import MISTAKES
 
 import moe_teach
-from moe_teach import checks, exercises
-from moe_teach.checks import DONE, FAILED, NOT_DONE, TASKS, check, evaluate
+from moe_teach.course import checks, exercises
+from moe_teach.course.checks import DONE, FAILED, NOT_DONE, TASKS, check, evaluate
 from moe_teach.experts import expert_parameter_count
 
 SOLUTIONS = Path(__file__).resolve().parent.parent / "solutions"

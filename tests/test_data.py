@@ -1,6 +1,6 @@
 import pytest
 
-from moe_teach.data import (
+from moe_teach.lm.data import (
     DOMAINS,
     SHARED_WORDS,
     WORDS,
@@ -9,7 +9,7 @@ from moe_teach.data import (
     make_corpus,
     shared_words,
 )
-from moe_teach.tokenizer import split_words
+from moe_teach.lm.tokenizer import split_words
 
 
 def test_same_seed_same_corpus():

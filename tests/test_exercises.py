@@ -7,8 +7,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from moe_teach import checks, exercises, grading
-from moe_teach.checks import DONE, FAILED, NOT_DONE, TASKS
+from moe_teach.course import checks, exercises, grading
+from moe_teach.course.checks import DONE, FAILED, NOT_DONE, TASKS
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS, EXERCISES = ROOT / "solutions", ROOT / "exercises"

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from moe_teach.lm import LanguageModel, LMConfig, generate, next_word_probabilities
-from moe_teach.metrics import active_parameters, count_parameters
-from moe_teach.tokenizer import WordTokenizer
+from moe_teach.counting import active_parameters, count_parameters
+from moe_teach.lm.model import LanguageModel, LMConfig, generate, next_word_probabilities
+from moe_teach.lm.tokenizer import WordTokenizer
 
 SMALL = dict(
     vocab_size=20, max_seq_len=8, num_layers=2, dim=16, num_heads=2, hidden_dim=8, num_experts=4, top_k=2

@@ -1,10 +1,9 @@
 import pytest
 import torch
 
+from moe_teach.counting import active_parameters, count_parameters
 from moe_teach.experts import Expert
-from moe_teach.lm import LMConfig
-from moe_teach.metrics import active_parameters, count_parameters
-from moe_teach.performance import (
+from moe_teach.lessons.performance import (
     STAGES,
     counted_on_meta,
     find_config,
@@ -19,6 +18,7 @@ from moe_teach.performance import (
     sweep,
     training_memory_bytes,
 )
+from moe_teach.lm.model import LMConfig
 
 
 def test_layer_counts_match_built_layers():

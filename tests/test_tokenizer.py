@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from moe_teach.tokenizer import SPECIAL_TOKENS, WordTokenizer, split_words
+from moe_teach.lm.tokenizer import SPECIAL_TOKENS, WordTokenizer, split_words
 
 TEXTS = ["the bank reported revenue .", "def parse ( items ) : return items", "the court , the lease ."]
 

@@ -1,4 +1,4 @@
-"""Tests for the toy task of lessons 01 and 02 (moe_teach.toy)."""
+"""Tests for the toy task of lessons 01 and 02 (moe_teach.lessons.toy)."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from moe_teach import Expert, MoELayer
-from moe_teach.toy import (
+from moe_teach.lessons.toy import (
     NUM_REGIONS,
     TOY_RULES,
     ToyData,

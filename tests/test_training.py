@@ -3,10 +3,10 @@ import argparse
 import pytest
 import torch
 
-from moe_teach.cli import main
-from moe_teach.data import DOMAINS
-from moe_teach.lm import LMConfig
-from moe_teach.training import (
+from moe_teach.course.cli import main
+from moe_teach.lm.data import DOMAINS
+from moe_teach.lm.model import LMConfig
+from moe_teach.lm.training import (
     TrainConfig,
     build_model,
     domain_expert_counts,

@@ -1,7 +1,7 @@
 """The balance explorer (lesson 05): balancing-loss coefficient and capacity factor.
 
 When it is built, the explorer trains one short run of lesson 05's collapse experiment
-(:mod:`moe_teach.balance`) per coefficient of a small grid (a few seconds in all); the
+(:mod:`moe_teach.lessons.balance`) per coefficient of a small grid (a few seconds in all); the
 coefficient slider snaps to those grid values. The capacity factor only decides which
 assignments are dropped, so it is applied live to each trained router's routing of a
 held-out batch (a simplification: during training these runs were dropless).
@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..balance import (
+from ..dispatch import dispatch_grouped
+from ..lessons.balance import (
     BalanceConfig,
     BalanceRun,
     capacity_drops,
@@ -35,8 +36,7 @@ from ..balance import (
     split_task,
     train_balance,
 )
-from ..dispatch import dispatch_grouped
-from ..timing import torch_threads
+from ..lessons.timing import torch_threads
 from ..validation import check_non_negative_float, check_positive_float
 from .common import message_html, svg_bar_chart
 
@@ -95,7 +95,7 @@ def train_grid(coefs, config: BalanceConfig, train, progress: bool = True) -> di
 class BalanceExplorer(widgets.VBox):
     """Controls: ``coef_slider`` and ``factor_slider`` (``SelectionSlider``s; values are labels such as
     ``"0.01"`` and ``"dropless"``). Displays: ``message``, ``summary``, ``chart``, ``steps_chart``.
-    State: ``state``; the trained runs: ``runs`` (coef -> :class:`~moe_teach.balance.BalanceRun`).
+    State: ``state``; the trained runs: ``runs`` (coef -> :class:`~moe_teach.lessons.balance.BalanceRun`).
     """
 
     def __init__(self, coefs=DEFAULT_COEFS, factors=DEFAULT_FACTORS, top_k: int = 1, steps: int = 80,

@@ -9,8 +9,8 @@ from __future__ import annotations
 import html
 import math
 
-ACCENT = "#d9480f"   # highlighted bars (chosen experts)
-MUTED = "#adb5bd"    # other bars
+from ..lessons.plots import ACCENT, MUTED
+
 ERROR_STYLE = "color:#c92a2a;font-weight:bold"
 
 

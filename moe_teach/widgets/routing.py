@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import ipywidgets as widgets
 import torch
 
-from ..layers import MoELayer
-from ..metrics import moe_flops_per_token
+from ..counting import moe_flops_per_token
+from ..moe_layer import MoELayer
 from ..validation import check_choice, check_positive_int, check_top_k
 from .common import message_html, parse_values, svg_bar_chart
 

@@ -23,17 +23,17 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import DOMAINS, Document, make_corpus
-from .lm import LanguageModel, LMConfig, lm_loss
-from .tokenizer import WordTokenizer
-from .transformer import collect_aux_losses, moe_layers
-from .validation import (
+from ..transformer import collect_aux_losses, moe_layers
+from ..validation import (
     check_choice,
     check_non_negative_float,
     check_non_negative_int,
     check_positive_float,
     check_positive_int,
 )
+from .data import DOMAINS, Document, make_corpus
+from .model import LanguageModel, LMConfig, lm_loss
+from .tokenizer import WordTokenizer
 
 MODEL_KINDS = ("moe", "dense-active", "dense-total")
 

@@ -2,7 +2,7 @@
 
 The notebook is executed with nbclient (kernel ``python3``, working directory = the notebook's
 folder, a time limit per cell); cells that raise do not stop the run. Every ``check(...)``
-call records its verdict in :mod:`moe_teach.checks`' registry; the grader appends one cell that
+call records its verdict in :mod:`moe_teach.course.checks`' registry; the grader appends one cell that
 prints that registry as a JSON line and reads it back. Tasks are the ``check("name", ...)``
 calls found in the notebook; one that never ran (its cell was not reached or raised first)
 shows as "not run".
@@ -28,7 +28,7 @@ from .checks import DONE, FAILED, NOT_DONE, RESULTS_MARKER
 
 NOT_RUN = "not run"
 _CHECK_CALL = re.compile(r"""\bcheck\(\s*["']([^"']+)["']""")
-_REPORT_CELL = ("from moe_teach.checks import results_json_line as _moe_teach_results_json_line\n"
+_REPORT_CELL = ("from moe_teach.course.checks import results_json_line as _moe_teach_results_json_line\n"
                 "print(_moe_teach_results_json_line())")
 _SYMBOLS = {DONE: "✅", FAILED: "❌", NOT_DONE: "⏳", NOT_RUN: "·"}
 

@@ -14,10 +14,10 @@ import sys
 
 # sub-command name -> (module, one-line help)
 SUBCOMMANDS = {
-    "bench": ("moe_teach.bench", "time the dispatch paths against dense feed-forwards"),
-    "exercises": ("moe_teach.exercises", "build exercises/ from solutions/"),
-    "check": ("moe_teach.grading", "run a learner's exercise notebook and print a scorecard"),
-    "train": ("moe_teach.training", "train the small MoE language model outside a notebook"),
+    "bench": ("moe_teach.course.bench", "time the dispatch paths against dense feed-forwards"),
+    "exercises": ("moe_teach.course.exercises", "build exercises/ from solutions/"),
+    "check": ("moe_teach.course.grading", "run a learner's exercise notebook and print a scorecard"),
+    "train": ("moe_teach.lm.training", "train the small MoE language model outside a notebook"),
 }
 
 

@@ -10,7 +10,7 @@ lists with a seeded ``random.Random``, so the same seed always gives the same co
   a few words with the others (:func:`shared_words` counts them).
 
 Text is lower case with punctuation already separated by spaces, which suits a word-level
-tokenizer (see :mod:`moe_teach.tokenizer`).
+tokenizer (see :mod:`moe_teach.lm.tokenizer`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from ..validation import check_positive_int
 from .tokenizer import split_words
-from .validation import check_positive_int
 
 DOMAINS = ("finance", "legal", "code", "general")
 

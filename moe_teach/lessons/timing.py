@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .validation import check_non_negative_int, check_positive_int
+from ..validation import check_non_negative_int, check_positive_int
 
 
 @dataclass

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..validation import check_float_tensor, check_positive_float, check_positive_int
 from .timing import torch_threads
-from .validation import check_float_tensor, check_positive_float, check_positive_int
 
 
 def _ramp(x: torch.Tensor) -> torch.Tensor:

@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .layers import MoELayer
-from .routing import RoutingRecord, apply_capacity, expert_capacity
+from ..moe_layer import MoELayer
+from ..routing import RoutingRecord, apply_capacity, expert_capacity
+from ..validation import check_non_negative_float, check_positive_float, check_positive_int, check_top_k
 from .timing import torch_threads
-from .validation import check_non_negative_float, check_positive_float, check_positive_int, check_top_k
 
 
 @dataclass

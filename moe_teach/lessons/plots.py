@@ -11,11 +11,12 @@ import torch
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
+from ..validation import check_top_k
 from .toy import REGION_NAMES, ToyData, input_grid
-from .validation import check_top_k
-from .widgets.common import ACCENT, MUTED
 
 EXPERT_COLOURS = plt.get_cmap("tab10").colors
+ACCENT = "#d9480f"   # highlighted bars (chosen experts), also used by the explorers' SVG charts
+MUTED = "#adb5bd"    # other bars
 
 
 def _axes(ax):

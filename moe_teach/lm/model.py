@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..transformer import BlockConfig, TransformerBlock, dense_twin
+from ..validation import check_non_negative_float, check_positive_int
 from .tokenizer import WordTokenizer
-from .transformer import BlockConfig, TransformerBlock, dense_twin
-from .validation import check_non_negative_float, check_positive_int
 
 
 @dataclass

@@ -18,11 +18,11 @@ import argparse
 
 import torch
 
-from .dispatch import DISPATCHERS
-from .experts import ACTIVATIONS, Expert, make_experts
-from .routing import topk_softmax
-from .timing import compare
-from .validation import check_choice, check_positive_int, check_top_k
+from ..dispatch import DISPATCHERS
+from ..experts import ACTIVATIONS, Expert, make_experts
+from ..lessons.timing import compare
+from ..routing import topk_softmax
+from ..validation import check_choice, check_positive_int, check_top_k
 
 # dispatch path -> benchmark row name
 CASE_NAMES = {"mask": "moe_all_experts", "loop": "moe_loop", "grouped": "moe_grouped"}

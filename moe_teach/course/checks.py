@@ -25,11 +25,11 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .dispatch import dispatch_grouped
-from .experts import Expert, expert_parameter_count, make_experts
-from .losses import router_z_loss, switch_load_balancing_loss
-from .routing import apply_capacity, expert_capacity, topk_softmax
-from .transformer import BlockConfig, TransformerBlock, moe_layers
+from ..dispatch import dispatch_grouped
+from ..experts import Expert, expert_parameter_count, make_experts
+from ..losses import router_z_loss, switch_load_balancing_loss
+from ..routing import apply_capacity, expert_capacity, topk_softmax
+from ..transformer import BlockConfig, TransformerBlock, moe_layers
 
 DONE, FAILED, NOT_DONE = "done", "failed", "not done yet"
 RESULTS_MARKER = "MOE_TEACH_RESULTS "  # prefix of the JSON line the grader parses

@@ -1,7 +1,7 @@
 """Lesson 08: what an MoE layer costs, counted and measured on this machine.
 
 * Counted (exact, machine-independent): parameters (total and active per token) and FLOPs
-  per token, from :mod:`moe_teach.metrics`.
+  per token, from :mod:`moe_teach.counting`.
 * Measured (this machine, noisy): median wall time of a forward pass and of a forward plus
   backward pass, every layer timed in interleaved rounds (:func:`interleaved_timings`) so a
   burst of background load hits all of them alike.
@@ -21,13 +21,13 @@ from types import SimpleNamespace
 
 import torch
 
-from .experts import Expert, expert_parameter_count
-from .layers import MoELayer
-from .lm import LanguageModel, LMConfig
-from .metrics import active_parameters, count_parameters, ffn_flops_per_token, moe_flops_per_token
-from .routing import apply_capacity
+from ..counting import active_parameters, count_parameters, ffn_flops_per_token, moe_flops_per_token
+from ..experts import Expert, expert_parameter_count
+from ..lm.model import LanguageModel, LMConfig
+from ..moe_layer import MoELayer
+from ..routing import apply_capacity
+from ..validation import check_top_k
 from .timing import compare, time_callable
-from .validation import check_top_k
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -110,7 +110,7 @@ def interleaved_timings(
     ``repeats // rounds`` times (``rounds`` defaults to ``repeats``: one call per round), so a
     slow moment of the machine is shared by all cases instead of hitting one of them. The
     order of the cases is shuffled each round (seeded), so no case always runs right after
-    the same (say, a much larger) one. Returns key -> :class:`~moe_teach.timing.Timing`.
+    the same (say, a much larger) one. Returns key -> :class:`~moe_teach.lessons.timing.Timing`.
     """
     rounds = repeats if rounds is None else rounds
     return compare(cases, repeats=repeats, warmup=warmup, rounds=rounds, seed=seed, progress=progress)
@@ -291,7 +291,7 @@ def flop_saving(
     counts = layer_counts(dim, hidden, num_experts, top_k)
     extra = 0
     if seq_len is not None:
-        from .metrics import attention_flops_per_token
+        from ..counting import attention_flops_per_token
 
         extra = attention_flops_per_token(dim, seq_len)
     moe = counts["moe"]["flops_per_token"] + extra
@@ -301,7 +301,7 @@ def flop_saving(
 
 
 def lm_parameter_formula(config: LMConfig) -> tuple[int, int]:
-    """``(total, active)`` parameters of :class:`~moe_teach.lm.LanguageModel` by formula (tied head)."""
+    """``(total, active)`` parameters of :class:`~moe_teach.lm.model.LanguageModel` by formula (tied head)."""
     d = config.dim
     expert = expert_parameter_count(d, config.hidden_dim, d, config.activation)
     attention = 4 * d * d + 4 * d
@@ -320,7 +320,7 @@ def lm_parameter_formula(config: LMConfig) -> tuple[int, int]:
 
 
 def counted_on_meta(config: LMConfig) -> tuple[int, int]:
-    """``(total, active)`` from :mod:`moe_teach.metrics` on a model built on the meta device (no memory)."""
+    """``(total, active)`` from :mod:`moe_teach.counting` on a model built on the meta device (no memory)."""
     with torch.device("meta"):
         model = LanguageModel(config)
     return count_parameters(model), active_parameters(model)
