@@ -12,7 +12,7 @@ from mistakes import MISTAKES
 
 import moe_teach
 from moe_teach.course import checks, exercises
-from moe_teach.course.checks import DONE, FAILED, NOT_DONE, TASKS, check, evaluate
+from moe_teach.course.checks import DONE, FAILED, NOT_DONE, TASKS, check, run_checker
 from moe_teach.experts import expert_parameter_count
 
 SOLUTIONS = Path(__file__).resolve().parent.parent / "solutions"
@@ -22,7 +22,7 @@ SOLUTIONS = Path(__file__).resolve().parent.parent / "solutions"
                                                     f in items],
                          ids=lambda v: getattr(v, "__name__", str(v)))
 def test_each_mistake_gets_its_own_diagnosis(task, key, wrong):
-    result = evaluate(task, wrong)
+    result = run_checker(task, wrong)
     assert result.status == FAILED
     assert result.key == key, result.message
     assert result.message and result.hint
@@ -40,7 +40,7 @@ def _stub(*args):
 
 def test_stub_is_not_done_yet_for_every_task():
     for task in TASKS:
-        result = evaluate(task, _stub)
+        result = run_checker(task, _stub)
         assert result.status == NOT_DONE
         assert "Traceback" not in result.message
 
@@ -49,7 +49,7 @@ def test_other_exceptions_are_failures_with_type_and_message():
     def broken(*args):
         raise KeyError("expert_weights")
 
-    result = evaluate("router_z_loss", broken)
+    result = run_checker("router_z_loss", broken)
     assert (result.status, result.key) == (FAILED, "raised")
     assert "KeyError" in result.message and "expert_weights" in result.message
     assert "Traceback" not in result.message
@@ -62,15 +62,15 @@ def test_unknown_task_lists_valid_names():
 
 def test_package_implementations_pass_their_checks():
     """The checks accept the package's own functions wherever the signature matches."""
-    assert evaluate("count_expert_parameters", moe_teach.experts.expert_parameter_count).passed
-    assert evaluate("capacity_per_expert", moe_teach.expert_capacity).passed
-    assert evaluate("keep_mask", moe_teach.apply_capacity).passed
-    assert evaluate("switch_aux_loss", moe_teach.switch_load_balancing_loss).passed
-    assert evaluate("router_z_loss", moe_teach.router_z_loss).passed
-    assert evaluate("top_k_routing", lambda logits, k: moe_teach.topk_softmax(logits, k)[1:]).passed
+    assert run_checker("count_expert_parameters", moe_teach.experts.expert_parameter_count).passed
+    assert run_checker("capacity_per_expert", moe_teach.expert_capacity).passed
+    assert run_checker("keep_mask", moe_teach.apply_capacity).passed
+    assert run_checker("switch_aux_loss", moe_teach.switch_load_balancing_loss).passed
+    assert run_checker("router_z_loss", moe_teach.router_z_loss).passed
+    assert run_checker("top_k_routing", lambda logits, k: moe_teach.topk_softmax(logits, k)[1:]).passed
     for dispatcher in moe_teach.DISPATCHERS.values():
-        assert evaluate("dispatch_with_capacity", dispatcher).passed, dispatcher.__name__
-    assert evaluate("block_forward", moe_teach.TransformerBlock.forward).status == DONE
+        assert run_checker("dispatch_with_capacity", dispatcher).passed, dispatcher.__name__
+    assert run_checker("block_forward", moe_teach.TransformerBlock.forward).status == DONE
 
 
 def test_ties_accept_either_choice():
@@ -80,7 +80,7 @@ def test_ties_accept_either_choice():
         weights, flipped = probs.flip(-1).topk(k, dim=-1)
         return weights / weights.sum(-1, keepdim=True), logits.shape[-1] - 1 - flipped
 
-    assert evaluate("top_k_routing", top_k_last_on_ties).passed
+    assert run_checker("top_k_routing", top_k_last_on_ties).passed
 
 
 def test_check_shows_records_and_returns(capsys):
@@ -104,7 +104,7 @@ def test_check_leaves_the_learners_random_state_alone():
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    evaluate("sparse_moe_forward", MISTAKES["sparse_moe_forward"][0][1])
+    run_checker("sparse_moe_forward", MISTAKES["sparse_moe_forward"][0][1])
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -116,14 +116,14 @@ def test_check_leaves_the_learners_random_state_alone():
     (mistakes.relu_expert_no_down_bias, "down_bias", "up_bias"),
 ])
 def test_missing_bias_names_the_missing_one(wrong, missing, present):
-    result = evaluate("relu_expert", wrong)
+    result = run_checker("relu_expert", wrong)
     assert result.key == "missing_bias"
     assert f"without {missing}" in result.message and "biases" not in result.message
     assert missing in result.hint and present not in result.hint
 
 
 def test_both_biases_missing_says_both():
-    result = evaluate("relu_expert", mistakes.relu_expert_no_bias)
+    result = run_checker("relu_expert", mistakes.relu_expert_no_bias)
     assert result.key == "missing_bias"
     assert "two biases" in result.message
     assert "up_bias" in result.hint and "down_bias" in result.hint
@@ -138,7 +138,7 @@ def test_both_biases_missing_says_both():
     (mistakes.count_down_projection_only, "one_layer_only", "every layer"),
 ])
 def test_parameter_count_miscounts_get_their_own_hint(wrong, key, hint_words):
-    result = evaluate("count_expert_parameters", wrong)
+    result = run_checker("count_expert_parameters", wrong)
     assert result.key == key, result.message
     assert hint_words in result.hint
 
@@ -163,7 +163,7 @@ def _count_off_by(delta_of):
 ])
 def test_other_miscounts_say_how_far_off_without_the_answer(delta_of, hint_words):
     count, calls = _count_off_by(delta_of)
-    result = evaluate("count_expert_parameters", count)
+    result = run_checker("count_expert_parameters", count)
     assert result.key == "wrong_count" and len(calls) == 1
     delta, right = calls[0]
     assert f"{abs(delta)} too {'many' if delta > 0 else 'few'}" in result.message
@@ -233,7 +233,7 @@ def test_no_hint_or_message_gives_the_solution_away():
     fragments = _solution_fragments()
     for task, items in MISTAKES.items():
         for _, wrong in items:
-            result = evaluate(task, wrong)
+            result = run_checker(task, wrong)
             for text in (result.hint, result.message):
                 assert not _formula_problems(text, fragments), (task, wrong.__name__, text)
 
@@ -243,12 +243,12 @@ def test_no_hint_or_message_gives_the_solution_away():
 
 def test_switch_check_inputs_separate_the_mistakes_from_rounding():
     """On the first (skewed, k > 1) case every named mistake is off by clearly more than rounding."""
-    probs, indices = checks._switch_cases()[0]
+    probs, indices = checks.lesson05_load_balancing._switch_cases()[0]
     expected = moe_teach.switch_load_balancing_loss(probs, indices)
     assert indices.shape[1] > 1 and probs.max(-1).values.mean() > 2 / probs.shape[1]   # not near uniform
     counts = torch.bincount(indices.reshape(-1), minlength=probs.shape[1])
     assert counts.max() >= 2 * counts.float().mean()                                  # skewed routing
-    for key, value in checks._switch_candidates(probs, indices, expected).items():
+    for key, value in checks.lesson05_load_balancing._switch_candidates(probs, indices, expected).items():
         assert abs(float(value / expected) - 1) > 0.05, key
 
 
@@ -260,13 +260,13 @@ def test_switch_check_inputs_separate_the_mistakes_from_rounding():
     (mistakes.z_loss_unstable, "overflow", "torch.logsumexp"),
 ])
 def test_learner_reported_mistakes_get_their_own_hint(wrong, key, hint_words):
-    result = evaluate("switch_aux_loss" if wrong.__name__.startswith("switch") else "router_z_loss", wrong)
+    result = run_checker("switch_aux_loss" if wrong.__name__.startswith("switch") else "router_z_loss", wrong)
     assert result.key == key, result.message
     assert hint_words in result.hint
 
 
 def test_stabilised_logsumexp_by_hand_passes():
-    assert evaluate("router_z_loss", mistakes.z_loss_stable_by_hand).passed
+    assert run_checker("router_z_loss", mistakes.z_loss_stable_by_hand).passed
 
 
 @pytest.mark.parametrize(("wrong", "says", "does_not_say"), [
@@ -276,25 +276,26 @@ def test_stabilised_logsumexp_by_hand_passes():
     (mistakes.switch_loss_pairs_reversed, ["each sum to 1", "paired"], ["do not sum to 1"]),
 ])
 def test_switch_fallback_hint_follows_what_the_learners_loss_does(wrong, says, does_not_say):
-    result = evaluate("switch_aux_loss", wrong)
+    result = run_checker("switch_aux_loss", wrong)
     assert result.key == "wrong_values"
     assert all(words in result.hint for words in says), result.hint
     assert not any(words in result.hint for words in does_not_say), result.hint
 
 
 def test_z_loss_fallback_hint_skips_the_by_hand_case_when_it_already_passes():
-    assert "all-zero logits" in evaluate("router_z_loss", mistakes.z_loss_scaled).hint
-    assert "right when every logit is zero" in evaluate("router_z_loss", mistakes.z_loss_halved_logits).hint
+    assert "all-zero logits" in run_checker("router_z_loss", mistakes.z_loss_scaled).hint
+    assert "right when every logit is zero" in run_checker("router_z_loss", mistakes.z_loss_halved_logits).hint
 
 
 @pytest.mark.parametrize(("task", "wrong", "first_case_loss"), [
     ("switch_aux_loss", mistakes.switch_loss_scaled,
-     lambda: moe_teach.switch_load_balancing_loss(*checks._switch_cases()[0])),
-    ("router_z_loss", mistakes.z_loss_scaled, lambda: moe_teach.router_z_loss(checks._z_loss_cases()[0])),
+     lambda: moe_teach.switch_load_balancing_loss(*checks.lesson05_load_balancing._switch_cases()[0])),
+    ("router_z_loss", mistakes.z_loss_scaled,
+     lambda: moe_teach.router_z_loss(checks.lesson05_load_balancing._z_loss_cases()[0])),
     ("total_aux_loss", mistakes.aux_scaled, None),
 ])
 def test_fallback_messages_keep_the_learners_value_but_not_the_target(task, wrong, first_case_loss):
-    result = evaluate(task, wrong)
+    result = run_checker(task, wrong)
     assert result.key == "wrong_values"
     assert "70% too large" in result.message and "expected" not in result.message
     if first_case_loss is not None:
@@ -307,17 +308,17 @@ def test_fallback_messages_keep_the_learners_value_but_not_the_target(task, wron
 
 
 def test_top_k_without_renormalising_k1_says_k1():
-    result = evaluate("top_k_routing", mistakes.topk_renormalised_only_when_k_above_one)
+    result = run_checker("top_k_routing", mistakes.topk_renormalised_only_when_k_above_one)
     assert result.key == "not_renormalised"
     assert "k is 1" in result.message and "k is 1" in result.hint
 
 
 def test_block_check_tells_the_two_norms_apart():
     """Fresh norms are identical; the check must still fail a block that uses norm1 twice."""
-    assert evaluate("block_forward", mistakes.block_norm1_twice).key == "wrong_norm"
-    assert evaluate("block_forward", moe_teach.TransformerBlock.forward).status == DONE
+    assert run_checker("block_forward", mistakes.block_norm1_twice).key == "wrong_norm"
+    assert run_checker("block_forward", moe_teach.TransformerBlock.forward).status == DONE
 
 
 def test_capacity_as_a_tensor_gets_a_tensor_hint():
-    result = evaluate("capacity_per_expert", mistakes.capacity_tensor)
+    result = run_checker("capacity_per_expert", mistakes.capacity_tensor)
     assert result.key == "not_int" and "Tensor" in result.message and "float such as" not in result.hint
