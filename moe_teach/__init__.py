@@ -11,12 +11,30 @@ from .counting import (
     ffn_flops_per_token,
     moe_flops_per_token,
 )
-from .dispatch import DISPATCHERS, dispatch_dense_mask, dispatch_grouped, dispatch_loop
+from .dispatch import (
+    DISPATCHERS,
+    SortedAssignments,
+    combine,
+    dispatch_dense_mask,
+    dispatch_grouped,
+    dispatch_loop,
+    run_experts,
+    sort_by_expert,
+)
 from .experts import ACTIVATIONS, Expert, expert_parameter_count, make_experts
-from .losses import cv_squared, importance_loss, load_loss, router_z_loss, switch_load_balancing_loss
-from .moe_layer import MoELayer
+from .losses import (
+    AUX_LOSSES,
+    cv_squared,
+    importance_loss,
+    load_loss,
+    router_z_loss,
+    switch_load_balancing_loss,
+)
+from .moe_layer import MoEConfig, MoELayer
 from .routing import (
+    ROUTERS,
     NoisyTopKRouter,
+    Router,
     RouterOutput,
     RoutingRecord,
     TopKRouter,
@@ -40,6 +58,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DISPATCHERS",
+    "SortedAssignments",
+    "combine",
+    "run_experts",
+    "sort_by_expert",
     "dispatch_dense_mask",
     "dispatch_grouped",
     "dispatch_loop",
@@ -47,7 +69,9 @@ __all__ = [
     "Expert",
     "expert_parameter_count",
     "make_experts",
+    "MoEConfig",
     "MoELayer",
+    "AUX_LOSSES",
     "cv_squared",
     "importance_loss",
     "load_loss",
@@ -59,7 +83,9 @@ __all__ = [
     "count_parameters",
     "ffn_flops_per_token",
     "moe_flops_per_token",
+    "ROUTERS",
     "NoisyTopKRouter",
+    "Router",
     "RouterOutput",
     "RoutingRecord",
     "TopKRouter",

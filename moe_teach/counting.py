@@ -19,14 +19,17 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def active_parameters(model: nn.Module) -> int:
-    """Parameters one token uses: total minus the unchosen experts of every MoE layer."""
+    """Parameters one token uses: total minus the unchosen experts of every MoE layer.
+
+    For a router whose tokens use a variable number of experts this is the average token's count.
+    """
     from .transformer import moe_layers
 
     unused = 0
     for layer in moe_layers(model):
         per_expert = count_parameters(layer.experts[0])
-        unused += (layer.num_experts - layer.top_k) * per_expert
-    return count_parameters(model) - unused
+        unused += (layer.num_experts - layer.router.experts_per_token()) * per_expert
+    return round(count_parameters(model) - unused)
 
 
 def ffn_flops_per_token(input_dim: int, hidden_dim: int, output_dim: int | None = None,
@@ -63,8 +66,8 @@ def attention_flops_per_token(dim: int, seq_len: int) -> int:
 def block_flops_per_token(config, seq_len: int) -> int:
     """FLOPs per token of one :class:`~moe_teach.transformer.TransformerBlock` built from ``config``."""
     attention = attention_flops_per_token(config.dim, seq_len)
-    if config.moe:
-        ffn = moe_flops_per_token(config.dim, config.hidden_dim, config.num_experts, config.top_k,
+    if config.moe is not None:
+        ffn = moe_flops_per_token(config.dim, config.hidden_dim, config.moe.num_experts, config.moe.top_k,
                                   activation=config.activation)
     else:
         ffn = ffn_flops_per_token(config.dim, config.hidden_dim, activation=config.activation)

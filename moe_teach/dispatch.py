@@ -22,6 +22,8 @@ with ``index_add_``, which is not deterministic on CUDA with repeated indices.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -86,26 +88,68 @@ def dispatch_loop(x: torch.Tensor, experts: nn.ModuleList, expert_indices: torch
     return slot_outputs.sum(dim=1)
 
 
-def dispatch_grouped(x: torch.Tensor, experts: nn.ModuleList, expert_indices: torch.Tensor,
-                     expert_weights: torch.Tensor, kept: torch.Tensor | None = None) -> torch.Tensor:
-    """Sort assignments by expert, one contiguous slice (one matmul chain) per expert."""
-    check_dispatch_args(x, experts, expert_indices, expert_weights, kept)
-    num_tokens, top_k = expert_indices.shape
+@dataclass
+class SortedAssignments:
+    """Kept (token, slot) assignments sorted by expert: stage 1 of the grouped dispatch.
+
+    Attributes:
+        order: ``[N]`` int64 assignment ids ``token * k + slot``, grouped by expert (stable).
+        counts: ``E`` ints, how many of the ``N`` assignments each expert takes.
+        tokens: ``[N, D]`` the inputs in that order (expert 0's slice first).
+        top_k: slots per token ``k``.
+    """
+
+    order: torch.Tensor
+    counts: list[int]
+    tokens: torch.Tensor
+    top_k: int
+
+
+def sort_by_expert(x: torch.Tensor, expert_indices: torch.Tensor, num_experts: int,
+                   kept: torch.Tensor | None = None) -> SortedAssignments:
+    """Stage 1: sort the kept assignments by expert and gather their tokens ``[N, D]``."""
+    top_k = expert_indices.shape[1]
     flat_experts = expert_indices.reshape(-1)                                      # [T*k]
-    flat_weights = _combine_weights(expert_weights, kept, x.dtype).reshape(-1)
     if kept is None or bool(kept.all()):
         order = torch.argsort(flat_experts, stable=True)                          # assignment ids
     else:
         kept_ids = kept.reshape(-1).nonzero().squeeze(1)
         order = kept_ids[torch.argsort(flat_experts[kept_ids], stable=True)]
-    if order.numel() == 0:
-        return _zero_output(x, experts, flat_weights)
-    counts = torch.bincount(flat_experts[order], minlength=len(experts)).tolist()
-    sorted_x = x.index_select(0, order // top_k)                                  # [N, D]
-    outputs = [expert(chunk) for expert, chunk in zip(experts, sorted_x.split(counts)) if chunk.shape[0]]
-    sorted_y = torch.cat(outputs) * flat_weights.index_select(0, order).unsqueeze(1)  # [N, O]
-    slot_outputs = sorted_y.new_zeros(num_tokens * top_k, sorted_y.shape[-1]).index_copy(0, order, sorted_y)
+    counts = torch.bincount(flat_experts[order], minlength=num_experts).tolist()
+    return SortedAssignments(order, counts, x.index_select(0, order // top_k), top_k)
+
+
+def run_experts(experts: nn.ModuleList, sorted_in: SortedAssignments) -> torch.Tensor:
+    """Stage 2: each expert on its contiguous slice, ``[N, D] -> [N, O]`` (needs ``N > 0``)."""
+    chunks = sorted_in.tokens.split(sorted_in.counts)
+    return torch.cat([expert(chunk) for expert, chunk in zip(experts, chunks) if chunk.shape[0]])
+
+
+def combine(sorted_out: torch.Tensor, sorted_in: SortedAssignments, weights: torch.Tensor) -> torch.Tensor:
+    """Stage 3: weight each output, put it back in its (token, slot) place, sum over slots.
+
+    ``sorted_out`` ``[N, O]``, ``weights`` ``[T, k]`` -> ``[T, O]``.
+    """
+    num_tokens, top_k = weights.shape
+    flat_weights = weights.reshape(-1).index_select(0, sorted_in.order).unsqueeze(1)  # [N, 1]
+    slot_outputs = sorted_out.new_zeros(num_tokens * top_k, sorted_out.shape[-1])     # [T*k, O]
+    slot_outputs = slot_outputs.index_copy(0, sorted_in.order, sorted_out * flat_weights)
     return slot_outputs.view(num_tokens, top_k, -1).sum(dim=1)
+
+
+def dispatch_grouped(x: torch.Tensor, experts: nn.ModuleList, expert_indices: torch.Tensor,
+                     expert_weights: torch.Tensor, kept: torch.Tensor | None = None) -> torch.Tensor:
+    """Sort assignments by expert, one contiguous slice (one matmul chain) per expert.
+
+    The three stages :func:`sort_by_expert`, :func:`run_experts` and :func:`combine` are
+    separate functions so lesson 08 can time each one.
+    """
+    check_dispatch_args(x, experts, expert_indices, expert_weights, kept)
+    weights = _combine_weights(expert_weights, kept, x.dtype)                       # [T, k]
+    sorted_in = sort_by_expert(x, expert_indices, len(experts), kept)
+    if sorted_in.order.numel() == 0:
+        return _zero_output(x, experts, weights)
+    return combine(run_experts(experts, sorted_in), sorted_in, weights)
 
 
 def _zero_output(x: torch.Tensor, experts: nn.ModuleList, weights: torch.Tensor) -> torch.Tensor:
@@ -118,4 +162,13 @@ def _zero_output(x: torch.Tensor, experts: nn.ModuleList, weights: torch.Tensor)
     return x.new_zeros(x.shape[0], output_dim) + 0 * weights.sum()
 
 
-DISPATCHERS = {"mask": dispatch_dense_mask, "loop": dispatch_loop, "grouped": dispatch_grouped}
+DISPATCHERS = {
+    "mask": dispatch_dense_mask,
+    "loop": dispatch_loop,
+    "grouped": dispatch_grouped,
+}
+"""Dispatch name -> function ``(x, experts, expert_indices, expert_weights, kept) -> [T, O]``.
+
+Adding a path: one function with that signature plus one line here; ``MoELayer(dispatch=...)``,
+the benchmark and the tests that compare paths pick it up.
+"""

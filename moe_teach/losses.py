@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from .routing import smooth_load
 from .validation import check_float_tensor
 
 
@@ -85,3 +86,28 @@ def importance_loss(gate_weights: torch.Tensor, token_mask: torch.Tensor | None 
 def load_loss(load: torch.Tensor) -> torch.Tensor:
     """``cv_squared`` of the per-expert load ``[E]`` (smooth for the noisy router, counts otherwise)."""
     return cv_squared(check_float_tensor("load", load))
+
+
+# ----------------------------------------------------------------------------- the registry
+# Each entry computes one auxiliary loss from a forward pass's record and the router's decision.
+# A router lists the names that apply to it in ``Router.aux_losses``; MoELayer computes only those.
+
+
+def _switch_from(record, routed) -> torch.Tensor:
+    return switch_load_balancing_loss(record.probs, record.expert_indices, record.token_mask)
+
+
+def _z_from(record, routed) -> torch.Tensor:
+    return router_z_loss(routed.clean_logits, record.token_mask)
+
+
+def _importance_from(record, routed) -> torch.Tensor:
+    return importance_loss(record.dense_weights(), record.token_mask)
+
+
+def _load_from(record, routed) -> torch.Tensor:
+    return load_loss(smooth_load(routed, record.top_k, record.token_mask))
+
+
+AUX_LOSSES = {"switch": _switch_from, "z": _z_from, "importance": _importance_from, "load": _load_from}
+"""Loss name -> ``fn(record: RoutingRecord, routed: RouterOutput) -> scalar tensor``."""

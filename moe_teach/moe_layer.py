@@ -4,18 +4,61 @@
 returns ``[..., output_dim]``. Pass ``return_record=True`` to also get the
 :class:`~moe_teach.routing.RoutingRecord` of the pass; the latest one is kept in
 ``layer.last_record`` either way.
+
+One forward pass, in four steps:
+
+    routed = router(tokens)                         # RouterOutput: who goes where, with what weight
+    kept   = apply_capacity(...)                    # [T, k] which assignments fit (all if dropless)
+    output = DISPATCHERS[dispatch](tokens, experts, routed.expert_indices, routed.expert_weights, kept)
+    record = make_record(routed, kept, ...)         # plus the auxiliary losses the router declares
 """
 
 from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
 from .dispatch import DISPATCHERS
 from .experts import ACTIVATIONS, check_expert_input, make_experts
-from .losses import importance_loss, load_loss, router_z_loss, switch_load_balancing_loss
-from .routing import ROUTERS, RoutingRecord, apply_capacity, expert_capacity, smooth_load
-from .validation import check_choice, check_positive_float, check_positive_int
+from .losses import AUX_LOSSES
+from .routing import ROUTERS, RouterOutput, RoutingRecord, apply_capacity, build_router, expert_capacity
+from .validation import check_choice, check_positive_float, check_positive_int, check_top_k
+
+
+@dataclass
+class MoEConfig:
+    """How an MoE feed-forward routes and dispatches (the block config holds one; see ``BlockConfig``).
+
+    Attributes:
+        num_experts: ``E``.
+        top_k: experts per token (slots per token for routers with a variable count).
+        router: a name in :data:`moe_teach.routing.ROUTERS`.
+        router_options: keyword options of that router (e.g. ``{"jitter": 0.01}``).
+        capacity_factor: ``None`` for dropless, else a number > 0.
+        dispatch: a name in :data:`moe_teach.dispatch.DISPATCHERS`.
+    """
+
+    num_experts: int = 4
+    top_k: int = 2
+    router: str = "softmax"
+    router_options: dict = field(default_factory=dict)
+    capacity_factor: float | None = None
+    dispatch: str = "grouped"
+
+    def __post_init__(self):
+        check_positive_int("num_experts", self.num_experts)
+        check_top_k(self.top_k, self.num_experts)
+        check_choice("router", self.router, tuple(ROUTERS))
+        if not isinstance(self.router_options, dict):
+            raise TypeError(f"router_options must be a dict, got {type(self.router_options).__name__}")
+        check_choice("dispatch", self.dispatch, tuple(DISPATCHERS))
+        if self.capacity_factor is not None:
+            check_positive_float("capacity_factor", self.capacity_factor)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 class MoELayer(nn.Module):
@@ -28,19 +71,23 @@ class MoELayer(nn.Module):
         top_k: experts per token, ``1 <= top_k <= E``.
         hidden_dim: each expert's hidden width (default ``4 * input_dim``).
         activation: expert activation, ``"relu"``, ``"gelu"`` or ``"swiglu"``.
-        router: ``"softmax"`` (Mixtral) or ``"noisy"`` (Shazeer 2017 noisy top-k).
+        router: a name in :data:`~moe_teach.routing.ROUTERS` (``"softmax"``: Mixtral,
+            ``"noisy"``: Shazeer 2017 noisy top-k).
         renormalize: renormalise the top-k weights (default: True for k > 1, False for k = 1).
         jitter: Switch's multiplicative router-input noise while training (0 = off).
         capacity_factor: ``None`` for dropless, else a number > 0 (capacity per expert is
             ``ceil(capacity_factor * tokens * top_k / E)``).
-        dispatch: ``"grouped"`` (sorted, default), ``"loop"`` or ``"mask"`` (compute all).
+        dispatch: a name in :data:`~moe_teach.dispatch.DISPATCHERS` (``"grouped"``: sorted,
+            the default; ``"loop"``; ``"mask"``: compute all).
         bias: whether expert linear layers have biases.
+        router_options: further options of the chosen router (e.g. ``{"min_noise_std": 0.1}``
+            for ``"noisy"``); ``renormalize`` and ``jitter`` are shortcuts for two of them.
     """
 
     def __init__(self, input_dim: int, output_dim: int | None = None, num_experts: int = 4, top_k: int = 2,
                  hidden_dim: int | None = None, activation: str = "relu", router: str = "softmax",
                  renormalize: bool | None = None, jitter: float = 0.0, capacity_factor: float | None = None,
-                 dispatch: str = "grouped", bias: bool = True):
+                 dispatch: str = "grouped", bias: bool = True, router_options: dict | None = None):
         super().__init__()
         check_positive_int("input_dim", input_dim)
         output_dim = input_dim if output_dim is None else check_positive_int("output_dim", output_dim)
@@ -54,9 +101,20 @@ class MoELayer(nn.Module):
         self.input_dim, self.output_dim, self.hidden_dim = input_dim, output_dim, hidden_dim
         self.num_experts, self.activation = num_experts, activation
         self.capacity_factor, self.dispatch = capacity_factor, dispatch
-        self.router = ROUTERS[router](input_dim, num_experts, top_k, renormalize=renormalize, jitter=jitter)
+        options = _router_options(router_options, renormalize, jitter)
+        self.router = build_router(ROUTERS, router, input_dim, num_experts, top_k, options)
         self.experts = make_experts(num_experts, input_dim, hidden_dim, output_dim, activation, bias)
         self.last_record: RoutingRecord | None = None
+
+    @classmethod
+    def from_config(cls, input_dim: int, hidden_dim: int, activation: str, config: MoEConfig,
+                    output_dim: int | None = None, bias: bool = True) -> MoELayer:
+        """The layer an :class:`MoEConfig` describes, for tokens of width ``input_dim``."""
+        if not isinstance(config, MoEConfig):
+            raise TypeError(f"config must be an MoEConfig, got {type(config).__name__}")
+        return cls(input_dim, output_dim, config.num_experts, config.top_k, hidden_dim, activation,
+                   router=config.router, capacity_factor=config.capacity_factor, dispatch=config.dispatch,
+                   bias=bias, router_options=dict(config.router_options))
 
     @property
     def top_k(self) -> int:
@@ -64,7 +122,7 @@ class MoELayer(nn.Module):
 
     def capacity(self, num_tokens: int) -> int | None:
         """Assignments each expert may take for a batch of ``num_tokens`` (None = dropless)."""
-        if self.capacity_factor is None:
+        if self.capacity_factor is None or not self.router.uses_capacity:
             return None
         return expert_capacity(num_tokens, self.num_experts, self.top_k, self.capacity_factor)
 
@@ -80,35 +138,48 @@ class MoELayer(nn.Module):
         tokens = x.reshape(-1, self.input_dim)                                      # [T, D]
         routed = self.router(tokens)
         capacity = self.capacity(tokens.shape[0])
-        kept = apply_capacity(routed.expert_indices, self.num_experts, capacity)   # [T, k]
+        kept = apply_capacity(routed.expert_indices, self.num_experts, capacity, routed.valid)  # [T, k]
+        every_slot_kept = capacity is None and routed.valid is None
         output = DISPATCHERS[self.dispatch](tokens, self.experts, routed.expert_indices,
-                                            routed.expert_weights, None if capacity is None else kept)
+                                            routed.expert_weights, None if every_slot_kept else kept)
         flat_mask = None if token_mask is None else token_mask.reshape(-1).bool()
         record = self.make_record(routed, kept, capacity, flat_mask)
         self.last_record = record
         output = output.reshape(*x.shape[:-1], self.output_dim)
         return (output, record) if return_record else output
 
-    def make_record(self, routed, kept: torch.Tensor, capacity: int | None,
+    def make_record(self, routed: RouterOutput, kept: torch.Tensor, capacity: int | None,
                     token_mask: torch.Tensor | None = None) -> RoutingRecord:
-        """The :class:`RoutingRecord` of a routing decision, auxiliary losses included.
+        """The :class:`RoutingRecord` of a routing decision, with the auxiliary losses the router declares.
 
         ``kept`` ``[T, k]`` is the capacity mask; ``token_mask`` ``[T]`` (True = real token)
         keeps padding out of the auxiliary losses.
         """
         record = RoutingRecord(
             logits=routed.logits, probs=routed.probs, expert_indices=routed.expert_indices,
-            expert_weights=routed.expert_weights, kept=kept,
-            capacity=capacity, token_mask=token_mask,
+            expert_weights=routed.expert_weights, kept=kept, capacity=capacity, token_mask=token_mask,
+            valid=routed.valid, selection_scores=routed.selection_scores,
         )
-        record.aux_losses = {
-            "switch": switch_load_balancing_loss(record.probs, record.expert_indices, token_mask),
-            "z": router_z_loss(routed.clean_logits, token_mask),
-            "importance": importance_loss(record.dense_weights(), token_mask),
-            "load": load_loss(smooth_load(routed, self.top_k, token_mask)),
-        }
+        record.aux_losses = {name: AUX_LOSSES[name](record, routed) for name in self.router.aux_losses}
         return record
 
     def extra_repr(self) -> str:
         return (f"input_dim={self.input_dim}, output_dim={self.output_dim}, num_experts={self.num_experts}, "
                 f"top_k={self.top_k}, capacity_factor={self.capacity_factor}, dispatch={self.dispatch!r}")
+
+
+def _router_options(router_options: dict | None, renormalize: bool | None, jitter: float) -> dict:
+    """``router_options`` plus the ``renormalize``/``jitter`` shortcuts when they are not their defaults."""
+    if router_options is not None and not isinstance(router_options, dict):
+        raise TypeError(f"router_options must be a dict of option -> value, got {type(router_options).__name__}")
+    options = dict(router_options or {})
+    shortcuts = {}
+    if renormalize is not None:
+        shortcuts["renormalize"] = renormalize
+    if isinstance(jitter, bool) or jitter != 0:
+        shortcuts["jitter"] = jitter
+    for name, value in shortcuts.items():
+        if name in options:
+            raise ValueError(f"{name} given twice: as an argument and in router_options")
+        options[name] = value
+    return options

@@ -9,39 +9,35 @@ auxiliary losses across layers so one training step can add them to the task los
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dispatch import DISPATCHERS
 from .experts import ACTIVATIONS, Expert
-from .moe_layer import MoELayer
-from .routing import ROUTERS
+from .moe_layer import MoEConfig, MoELayer
 from .validation import (
     check_choice,
     check_float_tensor,
-    check_positive_float,
+    check_keys,
     check_positive_int,
-    check_top_k,
 )
 
 
 @dataclass
 class BlockConfig:
-    """Sizes of one transformer block. ``moe=False`` gives the dense twin (one expert-sized FFN)."""
+    """Sizes of one transformer block; ``moe`` holds the MoE feed-forward's config.
+
+    ``hidden_dim`` is each expert's hidden width (the dense FFN's width when ``moe`` is ``None``).
+    ``moe=None`` gives a dense block with one feed-forward network.
+    """
 
     dim: int = 64
     num_heads: int = 4
     hidden_dim: int = 128
-    num_experts: int = 4
-    top_k: int = 2
     activation: str = "gelu"
-    router: str = "softmax"
-    capacity_factor: float | None = None
-    dispatch: str = "grouped"
-    moe: bool = True
+    moe: MoEConfig | None = field(default_factory=MoEConfig)
 
     def __post_init__(self):
         check_positive_int("dim", self.dim)
@@ -49,13 +45,26 @@ class BlockConfig:
         if self.dim % self.num_heads:
             raise ValueError(f"dim must be divisible by num_heads, got dim={self.dim}, num_heads={self.num_heads}")
         check_positive_int("hidden_dim", self.hidden_dim)
-        check_positive_int("num_experts", self.num_experts)
         check_choice("activation", self.activation, ACTIVATIONS)
-        check_top_k(self.top_k, self.num_experts)
-        check_choice("router", self.router, tuple(ROUTERS))
-        check_choice("dispatch", self.dispatch, tuple(DISPATCHERS))
-        if self.capacity_factor is not None:
-            check_positive_float("capacity_factor", self.capacity_factor)
+        if self.moe is not None and not isinstance(self.moe, MoEConfig):
+            raise TypeError(f"moe must be an MoEConfig (or None for a dense block), got {type(self.moe).__name__}")
+
+    @property
+    def is_moe(self) -> bool:
+        return self.moe is not None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BlockConfig:
+        """Inverse of :meth:`to_dict`; unknown or missing keys give a ValueError naming them."""
+        check_keys("block config", data, cls)
+        moe = data["moe"]
+        if moe is not None:
+            check_keys("moe config", moe, MoEConfig)
+            moe = MoEConfig(**moe)
+        return cls(**{**data, "moe": moe})
 
 
 def dense_twin(config: BlockConfig, match: str = "active") -> BlockConfig:
@@ -66,8 +75,10 @@ def dense_twin(config: BlockConfig, match: str = "active") -> BlockConfig:
     (same total parameters, up to the small router).
     """
     check_choice("match", match, ("active", "total"))
-    width = config.top_k if match == "active" else config.num_experts
-    return replace(config, moe=False, hidden_dim=width * config.hidden_dim)
+    if config.moe is None:
+        raise ValueError("dense_twin needs an MoE block config (config.moe is None: already dense)")
+    width = config.moe.top_k if match == "active" else config.moe.num_experts
+    return replace(config, moe=None, hidden_dim=width * config.hidden_dim)
 
 
 class CausalSelfAttention(nn.Module):
@@ -96,12 +107,8 @@ class TransformerBlock(nn.Module):
         self.norm1 = nn.LayerNorm(config.dim)
         self.attention = CausalSelfAttention(config.dim, config.num_heads)
         self.norm2 = nn.LayerNorm(config.dim)
-        if config.moe:
-            self.feed_forward = MoELayer(
-                config.dim, config.dim, config.num_experts, config.top_k, config.hidden_dim,
-                activation=config.activation, router=config.router,
-                capacity_factor=config.capacity_factor, dispatch=config.dispatch,
-            )
+        if config.is_moe:
+            self.feed_forward = MoELayer.from_config(config.dim, config.hidden_dim, config.activation, config.moe)
         else:
             self.feed_forward = Expert(config.dim, config.hidden_dim, config.dim, config.activation)
 
@@ -109,7 +116,7 @@ class TransformerBlock(nn.Module):
         check_float_tensor("x", x, last_dim=self.config.dim, min_dims=3)
         x = x + self.attention(self.norm1(x))
         hidden = self.norm2(x)
-        if self.config.moe:
+        if self.config.is_moe:
             return x + self.feed_forward(hidden, token_mask=token_mask)
         return x + self.feed_forward(hidden)
 

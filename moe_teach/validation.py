@@ -6,6 +6,8 @@ values it accepts, so a learner sees "top_k must be ..." instead of a deep torch
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import torch
 
 
@@ -78,3 +80,14 @@ def check_float_tensor(name: str, tensor, last_dim: int | None = None, min_dims:
             f"{name} must have last dimension {last_dim} (shape [..., {last_dim}]), got shape {tuple(tensor.shape)}"
         )
     return tensor
+
+
+def check_keys(name: str, data, cls) -> dict:
+    """``data`` must be a dict with exactly the fields of dataclass ``cls`` (for ``from_dict``)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{name} must be a dict, got {type(data).__name__}")
+    names = {f.name for f in fields(cls)}
+    unknown, missing = sorted(set(data) - names), sorted(names - set(data))
+    if unknown or missing:
+        raise ValueError(f"{name} keys do not match {cls.__name__}: unknown {unknown}, missing {missing}")
+    return data

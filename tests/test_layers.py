@@ -83,14 +83,14 @@ def test_transformer_block_is_causal_and_shapes_hold():
 
 
 def test_dense_twins_match_active_and_total_parameters():
-    config = mt.BlockConfig(dim=32, num_heads=4, hidden_dim=64, num_experts=8, top_k=2)
+    config = mt.BlockConfig(dim=32, num_heads=4, hidden_dim=64, moe=mt.MoEConfig(num_experts=8, top_k=2))
     moe = mt.TransformerBlock(config)
     active_twin = mt.TransformerBlock(mt.dense_twin(config, "active"))
     total_twin = mt.TransformerBlock(mt.dense_twin(config, "total"))
-    router = config.dim * config.num_experts
-    expert_output_biases = (config.top_k - 1) * config.dim   # k experts each carry an output bias
+    router = config.dim * config.moe.num_experts
+    expert_output_biases = (config.moe.top_k - 1) * config.dim   # k experts each carry an output bias
     assert mt.active_parameters(moe) == mt.count_parameters(active_twin) + router + expert_output_biases
-    extra_biases = (config.num_experts - 1) * config.dim
+    extra_biases = (config.moe.num_experts - 1) * config.dim
     assert mt.count_parameters(moe) == mt.count_parameters(total_twin) + router + extra_biases
 
 
@@ -99,6 +99,6 @@ def test_flop_counts_follow_the_matmul_shapes():
     assert mt.ffn_flops_per_token(8, 32, activation="swiglu") == 2 * (2 * 8 * 32 + 32 * 8)
     dense = mt.ffn_flops_per_token(16, 64)
     assert mt.moe_flops_per_token(16, 64, num_experts=8, top_k=2) == 2 * 16 * 8 + 2 * dense
-    config = mt.BlockConfig(dim=16, num_heads=2, hidden_dim=64, num_experts=8, top_k=2)
+    config = mt.BlockConfig(dim=16, num_heads=2, hidden_dim=64, moe=mt.MoEConfig(num_experts=8, top_k=2))
     assert mt.block_flops_per_token(config, 10) == (mt.attention_flops_per_token(16, 10)
                                                     + mt.moe_flops_per_token(16, 64, 8, 2, activation="gelu"))

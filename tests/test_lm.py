@@ -4,15 +4,18 @@ import torch
 from moe_teach.counting import active_parameters, count_parameters
 from moe_teach.lm.model import LanguageModel, LMConfig, generate, next_word_probabilities
 from moe_teach.lm.tokenizer import WordTokenizer
+from moe_teach.moe_layer import MoEConfig
+from moe_teach.transformer import BlockConfig
 
-SMALL = dict(
-    vocab_size=20, max_seq_len=8, num_layers=2, dim=16, num_heads=2, hidden_dim=8, num_experts=4, top_k=2
-)
+
+def small_config(max_seq_len=8):
+    block = BlockConfig(dim=16, num_heads=2, hidden_dim=8, moe=MoEConfig(num_experts=4, top_k=2))
+    return LMConfig(vocab_size=20, max_seq_len=max_seq_len, num_layers=2, block=block)
 
 
 def small_model(**changes):
     torch.manual_seed(0)
-    return LanguageModel(LMConfig(**{**SMALL, **changes}))
+    return LanguageModel(small_config(**changes))
 
 
 def test_shapes_and_tied_head():
@@ -23,23 +26,30 @@ def test_shapes_and_tied_head():
 
 
 def test_dense_twins_match_active_and_total_parameters():
-    config = LMConfig(**SMALL)
+    config = small_config()
     moe = LanguageModel(config)
     active = LanguageModel(config.dense_twin("active"))
     total = LanguageModel(config.dense_twin("total"))
     routers = sum(layer.router.proj.weight.numel() for layer in moe.modules() if hasattr(layer, "router"))
     # experts have biases: k (E) expert output biases vs one dense output bias
-    bias_gap_active = (config.top_k - 1) * config.dim * config.num_layers
-    bias_gap_total = (config.num_experts - 1) * config.dim * config.num_layers
+    block = config.block
+    bias_gap_active = (block.moe.top_k - 1) * block.dim * config.num_layers
+    bias_gap_total = (block.moe.num_experts - 1) * block.dim * config.num_layers
     assert active_parameters(moe) == count_parameters(active) + routers + bias_gap_active
     assert count_parameters(moe) == count_parameters(total) + routers + bias_gap_total
 
 
 def test_config_dict_round_trip_and_bad_keys():
-    config = LMConfig(**SMALL)
+    config = small_config()
     assert LMConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown \\['colour'\\]"):
         LMConfig.from_dict({**config.to_dict(), "colour": 1})
+    with pytest.raises(ValueError, match="moe config keys do not match MoEConfig: unknown \\['experts'\\]"):
+        data = config.to_dict()
+        data["block"]["moe"]["experts"] = 4
+        LMConfig.from_dict(data)
+    dense = config.dense_twin("active")
+    assert LMConfig.from_dict(dense.to_dict()) == dense and dense.block.moe is None
 
 
 def test_ids_validation():

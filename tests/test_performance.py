@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from moe_teach import BlockConfig, MoEConfig
 from moe_teach.counting import active_parameters, count_parameters
 from moe_teach.experts import Expert
 from moe_teach.lessons.performance import (
@@ -91,8 +92,8 @@ def test_stage_sum_names_missing_stages():
 
 def test_parameter_formula_matches_metrics_on_meta_device():
     for config in (
-        LMConfig(vocab_size=50, num_experts=8, top_k=1, hidden_dim=32),
-        LMConfig(vocab_size=50, moe=False, tie_weights=False),
+        LMConfig(vocab_size=50, block=BlockConfig(hidden_dim=32, moe=MoEConfig(num_experts=8, top_k=1))),
+        LMConfig(vocab_size=50, block=BlockConfig(moe=None), tie_weights=False),
     ):
         assert lm_parameter_formula(config) == counted_on_meta(config)
 

@@ -19,6 +19,8 @@ from moe_teach.lm.training import (
     save_checkpoint,
     train_model,
 )
+from moe_teach.moe_layer import MoEConfig
+from moe_teach.transformer import BlockConfig
 
 
 @pytest.fixture(scope="module")
@@ -26,18 +28,9 @@ def prepared():
     return prepare_data(documents_per_domain=12, seed=0, max_seq_len=48)
 
 
-def tiny_config(prepared, **changes):
-    sizes = dict(
-        vocab_size=len(prepared.tokenizer),
-        max_seq_len=48,
-        num_layers=2,
-        dim=32,
-        num_heads=2,
-        hidden_dim=32,
-        num_experts=4,
-        top_k=2,
-    )
-    return LMConfig(**{**sizes, **changes})
+def tiny_config(prepared, num_experts=4, top_k=2):
+    block = BlockConfig(dim=32, num_heads=2, hidden_dim=32, moe=MoEConfig(num_experts=num_experts, top_k=top_k))
+    return LMConfig(vocab_size=len(prepared.tokenizer), max_seq_len=48, num_layers=2, block=block)
 
 
 def test_loss_decreases(prepared):
@@ -139,7 +132,7 @@ def test_bad_checkpoints_give_clear_errors(prepared, tmp_path):
 def test_model_kinds(prepared):
     base = tiny_config(prepared)
     assert model_config("moe", base) is base
-    assert model_config("dense-total", base).hidden_dim == 4 * base.hidden_dim
+    assert model_config("dense-total", base).block.hidden_dim == 4 * base.block.hidden_dim
     with pytest.raises(ValueError, match="kind"):
         model_config("sparse", base)
 
@@ -164,7 +157,7 @@ def test_cli_train_writes_a_loadable_checkpoint(tmp_path, capsys):
     )
     assert code == 0 and "validation perplexity" in capsys.readouterr().out
     model, tokenizer = load_checkpoint(path)
-    assert not model.config.moe and len(tokenizer) == model.config.vocab_size
+    assert model.config.block.moe is None and len(tokenizer) == model.config.vocab_size
 
 
 CLI_BASE = ["train", "--steps", "2", "--documents-per-domain", "10", "--batch-size", "4", "--no-progress"]

@@ -17,7 +17,7 @@ CONSTRUCTORS_WITH_TOP_K = {
     "topk_softmax": lambda k: mt.topk_softmax(torch.randn(3, 4), k),
     "expert_capacity": lambda k: mt.expert_capacity(10, 4, k, 1.0),
     "moe_flops_per_token": lambda k: mt.moe_flops_per_token(6, 8, 4, k),
-    "BlockConfig": lambda k: mt.BlockConfig(num_experts=4, top_k=k),
+    "MoEConfig": lambda k: mt.MoEConfig(num_experts=4, top_k=k),
 }
 
 
@@ -75,7 +75,7 @@ def test_sizes_that_are_not_ints_are_type_errors(argument, build):
 @pytest.mark.parametrize("build", [
     lambda cf: mt.MoELayer(6, 6, capacity_factor=cf),
     lambda cf: mt.expert_capacity(10, 4, 2, cf),
-    lambda cf: mt.BlockConfig(capacity_factor=cf),
+    lambda cf: mt.MoEConfig(capacity_factor=cf),
 ])
 @pytest.mark.parametrize("factor", [0, -0.5])
 def test_capacity_factor_not_positive_is_rejected(build, factor):

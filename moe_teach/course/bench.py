@@ -24,8 +24,10 @@ from ..lessons.timing import compare
 from ..routing import topk_softmax
 from ..validation import check_choice, check_positive_int, check_top_k
 
-# dispatch path -> benchmark row name
-CASE_NAMES = {"mask": "moe_all_experts", "loop": "moe_loop", "grouped": "moe_grouped"}
+
+def case_name(dispatch: str) -> str:
+    """Benchmark row of a dispatch path: ``moe_<name>``; the compute-all path is ``moe_all_experts``."""
+    return "moe_all_experts" if dispatch == "mask" else f"moe_{dispatch}"
 
 
 def make_cases(tokens: int, width: int, hidden: int, num_experts: int, top_k: int, activation: str, seed: int):
@@ -49,7 +51,7 @@ def make_cases(tokens: int, width: int, hidden: int, num_experts: int, top_k: in
         out = dense(x)
         out.backward(torch.ones_like(out))
 
-    cases = {CASE_NAMES[name]: moe_step(fn) for name, fn in DISPATCHERS.items()}
+    cases = {case_name(name): moe_step(fn) for name, fn in DISPATCHERS.items()}
     cases["dense_active"] = dense_step
     return cases
 

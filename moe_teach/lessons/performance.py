@@ -17,15 +17,15 @@ Every MoE layer is compared with two dense feed-forwards: ``dense-active`` (hidd
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
 
 from ..counting import active_parameters, count_parameters, ffn_flops_per_token, moe_flops_per_token
+from ..dispatch import combine, run_experts, sort_by_expert
 from ..experts import Expert, expert_parameter_count
 from ..lm.model import LanguageModel, LMConfig
-from ..moe_layer import MoELayer
+from ..moe_layer import MoEConfig, MoELayer
 from ..routing import apply_capacity
+from ..transformer import BlockConfig
 from ..validation import check_top_k
 from .timing import compare, time_callable
 
@@ -207,12 +207,14 @@ def moe_forward_breakdown(
 ) -> dict[str, float]:
     """Median seconds of each stage of a grouped MoE forward, of the whole layer and of dense-active.
 
-    The stages (:data:`STAGES`) redo, one piece at a time, what ``MoELayer.forward`` does:
+    The stages (:data:`STAGES`) are the very functions ``MoELayer.forward`` runs, one at a time:
 
-    * ``router``: logits, softmax, top-k;
-    * ``sort_gather``: argsort assignments by expert, count them, gather tokens in that order;
-    * ``experts``: one matmul chain per expert slice, outputs concatenated;
-    * ``combine``: weight the outputs, scatter them back to their slots, sum over the k slots;
+    * ``router``: logits, softmax, top-k (``moe.router``);
+    * ``sort_gather``: :func:`~moe_teach.dispatch.sort_by_expert` (argsort assignments by
+      expert, count them, gather tokens in that order);
+    * ``experts``: :func:`~moe_teach.dispatch.run_experts` (one matmul chain per expert slice);
+    * ``combine``: :func:`~moe_teach.dispatch.combine` (weight the outputs, put them back in
+      their slots, sum over the k slots);
     * ``record_aux``: capacity, the :class:`~moe_teach.routing.RoutingRecord` and the four
       auxiliary losses (switch, z, importance, load) that the layer computes on every call.
 
@@ -224,20 +226,8 @@ def moe_forward_breakdown(
     moe, dense = layers["moe"], layers["dense-active"]
     x = torch.randn(tokens, dim, generator=torch.Generator().manual_seed(seed))
     routed = moe.router(x)
-    flat = routed.expert_indices.reshape(-1)                                   # [T*k]
-    order = torch.argsort(flat, stable=True)
-    counts = torch.bincount(flat, minlength=num_experts).tolist()
-    chunks = x.index_select(0, order // top_k).split(counts)
-    outputs = torch.cat([expert(chunk) for expert, chunk in zip(moe.experts, chunks)])  # [T*k, D]
-
-    def sort_gather():
-        o = torch.argsort(flat, stable=True)
-        torch.bincount(flat[o], minlength=num_experts).tolist()
-        x.index_select(0, o // top_k).split(counts)
-
-    def combine():
-        y = outputs * routed.expert_weights.reshape(-1).index_select(0, order).unsqueeze(1)
-        y.new_zeros(tokens * top_k, dim).index_copy(0, order, y).view(tokens, top_k, dim).sum(dim=1)
+    sorted_in = sort_by_expert(x, routed.expert_indices, num_experts)
+    sorted_out = run_experts(moe.experts, sorted_in)
 
     def record_aux():
         capacity = moe.capacity(tokens)
@@ -245,9 +235,9 @@ def moe_forward_breakdown(
 
     cases = {
         "router": lambda: moe.router(x),
-        "sort_gather": sort_gather,
-        "experts": lambda: torch.cat([expert(chunk) for expert, chunk in zip(moe.experts, chunks)]),
-        "combine": combine,
+        "sort_gather": lambda: sort_by_expert(x, routed.expert_indices, num_experts),
+        "experts": lambda: run_experts(moe.experts, sorted_in),
+        "combine": lambda: combine(sorted_out, sorted_in, routed.expert_weights),
         "record_aux": record_aux,
         "moe_total": lambda: moe(x),
         "dense_active": lambda: dense(x),
@@ -302,13 +292,14 @@ def flop_saving(
 
 def lm_parameter_formula(config: LMConfig) -> tuple[int, int]:
     """``(total, active)`` parameters of :class:`~moe_teach.lm.model.LanguageModel` by formula (tied head)."""
-    d = config.dim
-    expert = expert_parameter_count(d, config.hidden_dim, d, config.activation)
+    block = config.block
+    d = block.dim
+    expert = expert_parameter_count(d, block.hidden_dim, d, block.activation)
     attention = 4 * d * d + 4 * d
     norms = 4 * d
-    if config.moe:
-        router = d * config.num_experts
-        total_ffn, active_ffn = config.num_experts * expert + router, config.top_k * expert + router
+    if block.moe is not None:
+        router = d * block.moe.num_experts
+        total_ffn, active_ffn = block.moe.num_experts * expert + router, block.moe.top_k * expert + router
     else:
         total_ffn = active_ffn = expert
     shared = config.vocab_size * d + config.max_seq_len * d + 2 * d
@@ -330,25 +321,18 @@ def find_config(
     active_target: float = 12e6, total_target: float = 100e6, vocab_size: int = 8192, max_seq_len: int = 512
 ) -> LMConfig:
     """The LM configuration of a small grid whose total and active parameters come closest to the targets."""
-    defaults = dict(activation="gelu", moe=True, tie_weights=True)  # LMConfig's, checked cheaply
     best, best_error = None, float("inf")
     for dim in (256, 384, 512, 768):
         for num_layers in (4, 6, 8, 12):
             for num_experts in (8, 16, 32, 64):
                 for top_k in (1, 2):
                     for hidden in range(256, 4097, 256):
-                        sizes = dict(
-                            vocab_size=vocab_size,
-                            max_seq_len=max_seq_len,
-                            num_layers=num_layers,
-                            dim=dim,
-                            num_heads=8,
-                            hidden_dim=hidden,
-                            num_experts=num_experts,
-                            top_k=top_k,
-                        )
-                        total, active = lm_parameter_formula(SimpleNamespace(**defaults, **sizes))
+                        block = BlockConfig(dim=dim, num_heads=8, hidden_dim=hidden,
+                                            moe=MoEConfig(num_experts=num_experts, top_k=top_k))
+                        config = LMConfig(vocab_size=vocab_size, max_seq_len=max_seq_len,
+                                          num_layers=num_layers, block=block)
+                        total, active = lm_parameter_formula(config)
                         error = abs(total / total_target - 1) + abs(active / active_target - 1)
                         if error < best_error:
-                            best, best_error = sizes, error
-    return LMConfig(**best)
+                            best, best_error = config, error
+    return best

@@ -4,70 +4,51 @@
                -> final LayerNorm -> LM head -> logits [B, S, vocab_size]
 
 The whole model is described by one small dataclass, :class:`LMConfig` (nanoGPT style).
-``LMConfig.dense_twin(match)`` gives the dense baselines: ``"active"`` keeps the parameters a
-token uses (feed-forward width ``top_k * hidden_dim``), ``"total"`` keeps all parameters
-(width ``num_experts * hidden_dim``).
+The whole model is one nested config, as in nanoGPT and Hugging Face: :class:`LMConfig` holds a
+:class:`~moe_teach.transformer.BlockConfig`, which holds the MoE layer's
+:class:`~moe_teach.moe_layer.MoEConfig`. ``LMConfig.dense_twin(match)`` gives the dense
+baselines: ``"active"`` keeps the parameters a token uses (feed-forward width
+``top_k * hidden_dim``), ``"total"`` keeps all parameters (width ``num_experts * hidden_dim``).
 
 Generation helpers at the end: :func:`next_word_probabilities` and :func:`generate`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..transformer import BlockConfig, TransformerBlock, dense_twin
-from ..validation import check_non_negative_float, check_positive_int
+from ..validation import check_keys, check_non_negative_float, check_positive_int
 from .tokenizer import WordTokenizer
 
 
 @dataclass
 class LMConfig:
-    """Sizes of the language model. ``moe=False`` gives a dense model (one FFN per block)."""
+    """Sizes of the language model; ``block`` is the config every transformer block is built from.
+
+    ``block.moe=None`` gives a dense model (one feed-forward per block).
+    """
 
     vocab_size: int = 256
     max_seq_len: int = 48
     num_layers: int = 2
-    dim: int = 64
-    num_heads: int = 4
-    hidden_dim: int = 64
-    num_experts: int = 4
-    top_k: int = 2
-    activation: str = "gelu"
-    router: str = "softmax"
-    capacity_factor: float | None = None
-    dispatch: str = "grouped"
-    moe: bool = True
+    block: BlockConfig = field(default_factory=lambda: BlockConfig(hidden_dim=64))
     tie_weights: bool = True
 
     def __post_init__(self):
         check_positive_int("vocab_size", self.vocab_size)
         check_positive_int("max_seq_len", self.max_seq_len)
         check_positive_int("num_layers", self.num_layers)
-        self.block_config()  # validates the block sizes
-
-    def block_config(self) -> BlockConfig:
-        """The :class:`~moe_teach.transformer.BlockConfig` every block is built from."""
-        return BlockConfig(
-            dim=self.dim,
-            num_heads=self.num_heads,
-            hidden_dim=self.hidden_dim,
-            num_experts=self.num_experts,
-            top_k=self.top_k,
-            activation=self.activation,
-            router=self.router,
-            capacity_factor=self.capacity_factor,
-            dispatch=self.dispatch,
-            moe=self.moe,
-        )
+        if not isinstance(self.block, BlockConfig):
+            raise TypeError(f"block must be a BlockConfig, got {type(self.block).__name__}")
 
     def dense_twin(self, match: str = "active") -> LMConfig:
         """The dense baseline with the same active (``"active"``) or total (``"total"``) parameters."""
-        block = dense_twin(self.block_config(), match)
-        return replace(self, moe=False, hidden_dim=block.hidden_dim)
+        return replace(self, block=dense_twin(self.block, match))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,13 +56,8 @@ class LMConfig:
     @classmethod
     def from_dict(cls, data: dict) -> LMConfig:
         """Inverse of :meth:`to_dict`; unknown or missing keys give a ValueError naming them."""
-        if not isinstance(data, dict):
-            raise ValueError(f"config must be a dict, got {type(data).__name__}")
-        names = {f.name for f in fields(cls)}
-        unknown, missing = sorted(set(data) - names), sorted(names - set(data))
-        if unknown or missing:
-            raise ValueError(f"config keys do not match LMConfig: unknown {unknown}, missing {missing}")
-        return cls(**data)
+        check_keys("config", data, cls)
+        return cls(**{**data, "block": BlockConfig.from_dict(data["block"])})
 
 
 class LanguageModel(nn.Module):
@@ -92,11 +68,11 @@ class LanguageModel(nn.Module):
         if not isinstance(config, LMConfig):
             raise TypeError(f"config must be an LMConfig, got {type(config).__name__}")
         self.config = config
-        self.token_embedding = nn.Embedding(config.vocab_size, config.dim)
-        self.position_embedding = nn.Embedding(config.max_seq_len, config.dim)
-        self.blocks = nn.ModuleList(TransformerBlock(config.block_config()) for _ in range(config.num_layers))
-        self.norm = nn.LayerNorm(config.dim)
-        self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.token_embedding = nn.Embedding(config.vocab_size, config.block.dim)
+        self.position_embedding = nn.Embedding(config.max_seq_len, config.block.dim)
+        self.blocks = nn.ModuleList(TransformerBlock(config.block) for _ in range(config.num_layers))
+        self.norm = nn.LayerNorm(config.block.dim)
+        self.head = nn.Linear(config.block.dim, config.vocab_size, bias=False)
         if config.tie_weights:
             self.head.weight = self.token_embedding.weight  # one [V, dim] matrix for input and output
         self.apply(_init_weights)

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..transformer import collect_aux_losses, moe_layers
+from ..moe_layer import MoEConfig
+from ..transformer import BlockConfig, collect_aux_losses, moe_layers
 from ..validation import (
     check_choice,
     check_non_negative_float,
@@ -271,7 +272,8 @@ def domain_expert_shares(model: LanguageModel, data: LMData, batch_size: int = 6
 
 
 # ----------------------------------------------------------------------------- checkpoints
-CHECKPOINT_FORMAT = "moe-teach-lm/1"
+CHECKPOINT_FORMAT = "moe-teach-lm/2"  # 2: nested config (LMConfig > BlockConfig > MoEConfig)
+CHECKPOINT_FORMAT_PREFIX = "moe-teach-lm/"
 CHECKPOINT_KEYS = {"format", "config", "max_seq_len", "tokenizer", "state_dict"}
 
 
@@ -313,7 +315,14 @@ def read_checkpoint(path) -> dict:
             f"{path} is not a moe-teach checkpoint (a damaged torch file, or one holding Python "
             "objects that safe loading refuses)"
         ) from None
-    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+    found = data.get("format") if isinstance(data, dict) else None
+    if isinstance(found, str) and found.startswith(CHECKPOINT_FORMAT_PREFIX) and found != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path} is a moe-teach checkpoint of format version {found.removeprefix(CHECKPOINT_FORMAT_PREFIX)}, "
+            f"this moe-teach reads version {CHECKPOINT_FORMAT.removeprefix(CHECKPOINT_FORMAT_PREFIX)}; "
+            "train it again (moe-teach train, or lesson 07) to write the current format"
+        )
+    if found != CHECKPOINT_FORMAT:
         raise ValueError(
             f"{path} is not a moe-teach language-model checkpoint "
             f"(expected a dict with format {CHECKPOINT_FORMAT!r})"
@@ -341,14 +350,26 @@ def load_checkpoint(path, model: LanguageModel | None = None) -> tuple[LanguageM
     if model is None:
         model = LanguageModel(config)
     elif model.config != config:
-        ours, theirs = model.config.to_dict(), config.to_dict()
+        ours, theirs = _flat(model.config.to_dict()), _flat(config.to_dict())
         diff = ", ".join(
-            f"{k}: model {ours[k]!r} vs checkpoint {theirs[k]!r}" for k in ours if ours[k] != theirs[k]
+            f"{k}: model {ours.get(k)!r} vs checkpoint {theirs.get(k)!r}"
+            for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)
         )
         raise ValueError(f"checkpoint {path} was saved from another configuration ({diff})")
     _load_state(model, data["state_dict"], path)
     model.eval()
     return model, tokenizer
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    """``{"block": {"dim": 64}}`` -> ``{"block.dim": 64}``, so a config difference names the field."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _load_state(model: LanguageModel, state: dict, path) -> None:
@@ -430,9 +451,8 @@ def run(args: argparse.Namespace) -> int:
     out = check_args(args)
     torch.set_num_threads(args.threads)
     prepared = prepare_data(args.documents_per_domain, seed=args.seed)
-    base = LMConfig(
-        vocab_size=len(prepared.tokenizer), num_layers=args.layers, num_experts=args.experts, top_k=args.top_k
-    )
+    block = BlockConfig(dim=64, num_heads=4, hidden_dim=64, moe=MoEConfig(num_experts=args.experts, top_k=args.top_k))
+    base = LMConfig(vocab_size=len(prepared.tokenizer), num_layers=args.layers, block=block)
     model = build_model(model_config(args.model, base), seed=args.seed)
     train_config = TrainConfig(
         steps=args.steps,

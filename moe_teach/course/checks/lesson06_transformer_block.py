@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...moe_layer import MoEConfig
 from ...transformer import BlockConfig, TransformerBlock, moe_layers
 from .core import (
     Mistake,
@@ -19,7 +20,7 @@ from .core import (
     register,
 )
 
-_BLOCK_CONFIG = {"dim": 16, "num_heads": 2, "hidden_dim": 32, "num_experts": 4, "top_k": 2}
+_BLOCK_CONFIG = {"dim": 16, "num_heads": 2, "hidden_dim": 32, "moe": MoEConfig(num_experts=4, top_k=2)}
 
 
 def _forbidden_forward(*args, **kwargs):
@@ -96,7 +97,7 @@ def _check_total_aux_loss(fn):
                           "balance_coef scales aux_losses['switch'], z_coef scales aux_losses['z']."),
     }
     balance_coef, z_coef = 0.01, 0.001
-    dense = dict(_BLOCK_CONFIG, moe=False)
+    dense = dict(_BLOCK_CONFIG, moe=None)
     for seed, configs in enumerate([[_BLOCK_CONFIG] * 3, [_BLOCK_CONFIG, dense, _BLOCK_CONFIG]]):
         with _seeded(120 + seed):
             model = nn.Sequential(*[TransformerBlock(BlockConfig(**c)) for c in configs])
