@@ -10,11 +10,12 @@ from __future__ import annotations
 from torch import nn
 
 from .experts import ACTIVATIONS
-from .validation import check_choice, check_positive_int, check_top_k
+from .validation import check_choice, check_instance, check_module, check_positive_int, check_top_k
 
 
 def count_parameters(module: nn.Module) -> int:
     """Total number of parameters of ``module``."""
+    check_module("module", module)
     return sum(p.numel() for p in module.parameters())
 
 
@@ -25,6 +26,7 @@ def active_parameters(model: nn.Module) -> int:
     """
     from .transformer import moe_layers
 
+    check_module("model", model)
     unused = 0
     for layer in moe_layers(model):
         per_expert = count_parameters(layer.experts[0])
@@ -65,6 +67,10 @@ def attention_flops_per_token(dim: int, seq_len: int) -> int:
 
 def block_flops_per_token(config, seq_len: int) -> int:
     """FLOPs per token of one :class:`~moe_teach.transformer.TransformerBlock` built from ``config``."""
+    from .transformer import BlockConfig
+
+    check_instance("config", config, BlockConfig)
+    check_positive_int("seq_len", seq_len)
     attention = attention_flops_per_token(config.dim, seq_len)
     if config.moe is not None:
         ffn = moe_flops_per_token(config.dim, config.hidden_dim, config.moe.num_experts, config.moe.top_k,

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from .routing import scatter_to_experts
-from .validation import check_float_tensor
+from .routing.capacity import check_routing_indices
+from .validation import check_float_tensor, check_index_tensor, check_instance, check_mask, check_positive_int
 
 
 def check_dispatch_args(x, experts, expert_indices, expert_weights, kept) -> None:
@@ -37,20 +38,23 @@ def check_dispatch_args(x, experts, expert_indices, expert_weights, kept) -> Non
     if x.dim() != 2:
         raise ValueError(f"x must have shape [tokens, input_dim], got {tuple(x.shape)}; "
                          "flatten it with x.reshape(-1, x.shape[-1])")
-    if not isinstance(experts, (nn.ModuleList, list, tuple)) or len(experts) == 0:
-        raise TypeError("experts must be a non-empty nn.ModuleList of expert modules")
-    if not isinstance(expert_indices, torch.Tensor) or expert_indices.dtype != torch.int64:
-        raise TypeError("expert_indices must be an int64 (torch.long) tensor of shape [tokens, k]")
-    if expert_indices.dim() != 2 or expert_indices.shape[0] != x.shape[0]:
+    check_experts(experts)
+    check_routing_indices(expert_indices, len(experts))
+    if expert_indices.shape[0] != x.shape[0]:
         raise ValueError(f"expert_indices must have shape [{x.shape[0]}, k], got {tuple(expert_indices.shape)}")
-    if expert_indices.numel() and not 0 <= int(expert_indices.min()) <= int(expert_indices.max()) < len(experts):
-        raise ValueError(f"expert_indices must lie in 0..{len(experts) - 1} (num_experts={len(experts)})")
     check_float_tensor("expert_weights", expert_weights, min_dims=2)
     if expert_weights.shape != expert_indices.shape:
         raise ValueError(f"expert_weights must have the shape of expert_indices {tuple(expert_indices.shape)}, "
                          f"got {tuple(expert_weights.shape)}")
-    if kept is not None and (kept.dtype != torch.bool or kept.shape != expert_indices.shape):
-        raise ValueError(f"kept must be a bool tensor of shape {tuple(expert_indices.shape)} or None")
+    if kept is not None:
+        check_mask("kept", kept, expert_indices.shape)
+
+
+def check_experts(experts) -> None:
+    """``experts`` must be a non-empty sequence of modules."""
+    if (not isinstance(experts, (nn.ModuleList, list, tuple)) or len(experts) == 0
+            or not all(isinstance(e, nn.Module) for e in experts)):
+        raise TypeError(f"experts must be a non-empty nn.ModuleList of expert modules, got {type(experts).__name__}")
 
 
 def _combine_weights(expert_weights, kept, dtype):
@@ -104,10 +108,25 @@ class SortedAssignments:
     tokens: torch.Tensor
     top_k: int
 
+    def __post_init__(self):
+        check_index_tensor("order", self.order, dims=1)
+        if not isinstance(self.counts, list) or not all(type(c) is int and c >= 0 for c in self.counts):
+            raise TypeError(f"counts must be a list of ints >= 0 (one per expert), got {self.counts!r:.60}")
+        check_float_tensor("tokens", self.tokens, min_dims=2)
+        if sum(self.counts) != self.order.numel() or self.tokens.shape[0] != self.order.numel():
+            raise ValueError(f"counts must add up to the {self.order.numel()} assignments in order and tokens")
+        check_positive_int("top_k", self.top_k)
+
 
 def sort_by_expert(x: torch.Tensor, expert_indices: torch.Tensor, num_experts: int,
                    kept: torch.Tensor | None = None) -> SortedAssignments:
     """Stage 1: sort the kept assignments by expert and gather their tokens ``[N, D]``."""
+    check_float_tensor("x", x, min_dims=2)
+    check_routing_indices(expert_indices, num_experts)
+    if expert_indices.shape[0] != x.shape[0]:
+        raise ValueError(f"expert_indices must have shape [{x.shape[0]}, k], got {tuple(expert_indices.shape)}")
+    if kept is not None:
+        check_mask("kept", kept, expert_indices.shape)
     top_k = expert_indices.shape[1]
     flat_experts = expert_indices.reshape(-1)                                      # [T*k]
     if kept is None or bool(kept.all()):
@@ -121,6 +140,11 @@ def sort_by_expert(x: torch.Tensor, expert_indices: torch.Tensor, num_experts: i
 
 def run_experts(experts: nn.ModuleList, sorted_in: SortedAssignments) -> torch.Tensor:
     """Stage 2: each expert on its contiguous slice, ``[N, D] -> [N, O]`` (needs ``N > 0``)."""
+    check_experts(experts)
+    check_instance("sorted_in", sorted_in, SortedAssignments)
+    if len(sorted_in.counts) != len(experts) or not sorted_in.order.numel():
+        raise ValueError(f"sorted_in must hold at least one assignment and one count per expert "
+                         f"({len(experts)}), got {len(sorted_in.counts)} counts")
     chunks = sorted_in.tokens.split(sorted_in.counts)
     return torch.cat([expert(chunk) for expert, chunk in zip(experts, chunks) if chunk.shape[0]])
 
@@ -130,6 +154,12 @@ def combine(sorted_out: torch.Tensor, sorted_in: SortedAssignments, weights: tor
 
     ``sorted_out`` ``[N, O]``, ``weights`` ``[T, k]`` -> ``[T, O]``.
     """
+    check_instance("sorted_in", sorted_in, SortedAssignments)
+    check_float_tensor("sorted_out", sorted_out, min_dims=2)
+    check_float_tensor("weights", weights, min_dims=2)
+    if sorted_out.shape[0] != sorted_in.order.numel() or weights.shape[1] != sorted_in.top_k:
+        raise ValueError(f"sorted_out must have {sorted_in.order.numel()} rows and weights "
+                         f"{sorted_in.top_k} columns, got {tuple(sorted_out.shape)} and {tuple(weights.shape)}")
     num_tokens, top_k = weights.shape
     flat_weights = weights.reshape(-1).index_select(0, sorted_in.order).unsqueeze(1)  # [N, 1]
     slot_outputs = sorted_out.new_zeros(num_tokens * top_k, sorted_out.shape[-1])     # [T*k, O]

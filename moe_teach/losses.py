@@ -23,16 +23,14 @@ from __future__ import annotations
 import torch
 
 from .routing import smooth_load
-from .validation import check_float_tensor
+from .validation import check_float_tensor, check_index_tensor, check_mask, check_positive_float
 
 
 def _masked(tensor: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
     """Keep only rows of ``tensor`` ``[T, ...]`` whose ``token_mask`` entry is True."""
     if token_mask is None:
         return tensor
-    if token_mask.shape != tensor.shape[:1]:
-        raise ValueError(f"token_mask must have shape [{tensor.shape[0]}], got {tuple(token_mask.shape)}")
-    return tensor[token_mask.bool()]
+    return tensor[check_mask("token_mask", token_mask, tensor.shape[:1])]
 
 
 def switch_load_balancing_loss(probs: torch.Tensor, expert_indices: torch.Tensor,
@@ -45,6 +43,7 @@ def switch_load_balancing_loss(probs: torch.Tensor, expert_indices: torch.Tensor
         token_mask: optional ``[T]`` bool, False for padding tokens.
     """
     check_float_tensor("probs", probs, min_dims=2)
+    check_index_tensor("expert_indices", expert_indices)
     if expert_indices.shape[0] != probs.shape[0]:
         raise ValueError(
             f"expert_indices must have {probs.shape[0]} rows like probs, got shape {tuple(expert_indices.shape)}"
@@ -72,6 +71,7 @@ def cv_squared(values: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     gradient stays finite at perfect balance and when every value is zero.
     """
     check_float_tensor("values", values)
+    check_positive_float("eps", eps)
     if values.numel() <= 1:
         return values.new_zeros(())
     return values.var(unbiased=False) / (values.mean().square() + eps)

@@ -24,7 +24,17 @@ from .dispatch import DISPATCHERS
 from .experts import ACTIVATIONS, check_expert_input, make_experts
 from .losses import AUX_LOSSES
 from .routing import ROUTERS, RouterOutput, RoutingRecord, apply_capacity, build_router, expert_capacity
-from .validation import check_choice, check_positive_float, check_positive_int, check_top_k
+from .routing.capacity import check_capacity_factor
+from .validation import (
+    check_bool,
+    check_choice,
+    check_dtype_matches,
+    check_instance,
+    check_mask,
+    check_non_negative_int,
+    check_positive_int,
+    check_top_k,
+)
 
 
 @dataclass
@@ -55,7 +65,7 @@ class MoEConfig:
             raise TypeError(f"router_options must be a dict, got {type(self.router_options).__name__}")
         check_choice("dispatch", self.dispatch, tuple(DISPATCHERS))
         if self.capacity_factor is not None:
-            check_positive_float("capacity_factor", self.capacity_factor)
+            check_capacity_factor(self.capacity_factor)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,7 +107,8 @@ class MoELayer(nn.Module):
         check_choice("router", router, tuple(ROUTERS))
         check_choice("dispatch", dispatch, tuple(DISPATCHERS))
         if capacity_factor is not None:
-            check_positive_float("capacity_factor", capacity_factor)
+            check_capacity_factor(capacity_factor)
+        check_bool("bias", bias)
         self.input_dim, self.output_dim, self.hidden_dim = input_dim, output_dim, hidden_dim
         self.num_experts, self.activation = num_experts, activation
         self.capacity_factor, self.dispatch = capacity_factor, dispatch
@@ -110,8 +121,7 @@ class MoELayer(nn.Module):
     def from_config(cls, input_dim: int, hidden_dim: int, activation: str, config: MoEConfig,
                     output_dim: int | None = None, bias: bool = True) -> MoELayer:
         """The layer an :class:`MoEConfig` describes, for tokens of width ``input_dim``."""
-        if not isinstance(config, MoEConfig):
-            raise TypeError(f"config must be an MoEConfig, got {type(config).__name__}")
+        check_instance("config", config, MoEConfig)
         return cls(input_dim, output_dim, config.num_experts, config.top_k, hidden_dim, activation,
                    router=config.router, capacity_factor=config.capacity_factor, dispatch=config.dispatch,
                    bias=bias, router_options=dict(config.router_options))
@@ -122,7 +132,8 @@ class MoELayer(nn.Module):
 
     def capacity(self, num_tokens: int) -> int | None:
         """Assignments each expert may take for a batch of ``num_tokens`` (None = dropless)."""
-        if self.capacity_factor is None or not self.router.uses_capacity:
+        check_non_negative_int("num_tokens", num_tokens)
+        if self.capacity_factor is None or not self.router.uses_capacity or num_tokens == 0:
             return None
         return expert_capacity(num_tokens, self.num_experts, self.top_k, self.capacity_factor)
 
@@ -130,11 +141,14 @@ class MoELayer(nn.Module):
         """``x`` ``[..., input_dim]`` -> ``[..., output_dim]`` (and the record if asked).
 
         ``token_mask`` (shape ``x.shape[:-1]``, True = real token) keeps padding out of the
-        auxiliary losses; padded tokens are still computed.
+        auxiliary losses; padded tokens are still computed. Empty input (no tokens) gives an
+        empty output, and auxiliary losses of 0 when there is no real token to balance.
         """
         check_expert_input(x, self.input_dim)
-        if token_mask is not None and token_mask.shape != x.shape[:-1]:
-            raise ValueError(f"token_mask must have shape {tuple(x.shape[:-1])}, got {tuple(token_mask.shape)}")
+        check_dtype_matches("x", x, self.experts)
+        check_bool("return_record", return_record)
+        if token_mask is not None:
+            check_mask("token_mask", token_mask, x.shape[:-1])
         tokens = x.reshape(-1, self.input_dim)                                      # [T, D]
         routed = self.router(tokens)
         capacity = self.capacity(tokens.shape[0])
@@ -142,7 +156,7 @@ class MoELayer(nn.Module):
         every_slot_kept = capacity is None and routed.valid is None
         output = DISPATCHERS[self.dispatch](tokens, self.experts, routed.expert_indices,
                                             routed.expert_weights, None if every_slot_kept else kept)
-        flat_mask = None if token_mask is None else token_mask.reshape(-1).bool()
+        flat_mask = None if token_mask is None else token_mask.reshape(-1)
         record = self.make_record(routed, kept, capacity, flat_mask)
         self.last_record = record
         output = output.reshape(*x.shape[:-1], self.output_dim)
@@ -160,7 +174,11 @@ class MoELayer(nn.Module):
             expert_weights=routed.expert_weights, kept=kept, capacity=capacity, token_mask=token_mask,
             valid=routed.valid, selection_scores=routed.selection_scores,
         )
-        record.aux_losses = {name: AUX_LOSSES[name](record, routed) for name in self.router.aux_losses}
+        real_tokens = record.num_tokens if token_mask is None else int(token_mask.sum())
+        if real_tokens == 0:   # nothing to balance: 0, not the NaN of a mean over no tokens
+            record.aux_losses = {name: routed.logits.sum() * 0 for name in self.router.aux_losses}
+        else:
+            record.aux_losses = {name: AUX_LOSSES[name](record, routed) for name in self.router.aux_losses}
         return record
 
     def extra_repr(self) -> str:

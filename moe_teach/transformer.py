@@ -20,7 +20,9 @@ from .moe_layer import MoEConfig, MoELayer
 from .validation import (
     check_choice,
     check_float_tensor,
+    check_instance,
     check_keys,
+    check_module,
     check_positive_int,
 )
 
@@ -74,6 +76,7 @@ def dense_twin(config: BlockConfig, match: str = "active") -> BlockConfig:
     parameters per token as the MoE block). ``match="total"``: ``num_experts * hidden_dim``
     (same total parameters, up to the small router).
     """
+    check_instance("config", config, BlockConfig)
     check_choice("match", match, ("active", "total"))
     if config.moe is None:
         raise ValueError("dense_twin needs an MoE block config (config.moe is None: already dense)")
@@ -86,11 +89,16 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
-        self.num_heads = num_heads
+        check_positive_int("dim", dim)
+        check_positive_int("num_heads", num_heads)
+        if dim % num_heads:
+            raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
+        self.dim, self.num_heads = dim, num_heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_sequence_input(x, self.dim)
         batch, seq, dim = x.shape
         q, k, v = self.qkv(x).split(dim, dim=-1)
         q, k, v = (t.view(batch, seq, self.num_heads, -1).transpose(1, 2) for t in (q, k, v))  # [B, H, S, dim/H]
@@ -103,7 +111,7 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, config: BlockConfig):
         super().__init__()
-        self.config = config
+        self.config = check_instance("config", config, BlockConfig)
         self.norm1 = nn.LayerNorm(config.dim)
         self.attention = CausalSelfAttention(config.dim, config.num_heads)
         self.norm2 = nn.LayerNorm(config.dim)
@@ -113,7 +121,7 @@ class TransformerBlock(nn.Module):
             self.feed_forward = Expert(config.dim, config.hidden_dim, config.dim, config.activation)
 
     def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
-        check_float_tensor("x", x, last_dim=self.config.dim, min_dims=3)
+        check_sequence_input(x, self.config.dim)
         x = x + self.attention(self.norm1(x))
         hidden = self.norm2(x)
         if self.config.is_moe:
@@ -121,8 +129,18 @@ class TransformerBlock(nn.Module):
         return x + self.feed_forward(hidden)
 
 
+def check_sequence_input(x, dim: int) -> torch.Tensor:
+    """``x`` must be a float ``[batch, seq, dim]`` tensor holding at least one token."""
+    check_float_tensor("x", x, last_dim=dim, min_dims=3)
+    if x.dim() != 3 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"x must have shape [batch, seq, {dim}] with batch and seq at least 1, "
+                         f"got {tuple(x.shape)}")
+    return x
+
+
 def moe_layers(model: nn.Module) -> list[MoELayer]:
     """Every :class:`MoELayer` inside ``model``, in module order."""
+    check_module("model", model)
     return [m for m in model.modules() if isinstance(m, MoELayer)]
 
 

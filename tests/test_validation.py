@@ -1,5 +1,7 @@
 """Bad input: every public constructor and function names the argument and the allowed values."""
 
+import math
+
 import pytest
 import torch
 
@@ -150,3 +152,33 @@ def test_token_mask_of_the_wrong_shape_is_rejected():
 def test_heads_must_divide_width():
     with pytest.raises(ValueError, match=r"dim must be divisible by num_heads"):
         mt.BlockConfig(dim=10, num_heads=4)
+
+
+def test_input_of_another_dtype_than_the_layer_names_x_and_both_dtypes():
+    layer = mt.MoELayer(6, num_experts=4)
+    for dtype in (torch.float64, torch.float16, torch.bfloat16):
+        with pytest.raises(TypeError, match=rf"x has dtype {dtype} but the layer's weights are torch.float32"):
+            layer(torch.randn(3, 6, dtype=dtype))
+    assert layer.double()(torch.randn(3, 6, dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.parametrize("capacity_factor", [None, 1.0])
+def test_empty_input_gives_empty_output_and_zero_losses(capacity_factor):
+    layer = mt.MoELayer(6, num_experts=4, capacity_factor=capacity_factor)
+    y, record = layer(torch.randn(0, 6), return_record=True)
+    assert y.shape == (0, 6)
+    assert all(float(v) == 0.0 for v in record.aux_losses.values())
+    _, padded = layer(torch.randn(4, 6), return_record=True, token_mask=torch.zeros(4, dtype=torch.bool))
+    assert all(float(v) == 0.0 for v in padded.aux_losses.values())
+
+
+def test_a_block_given_no_tokens_says_so():
+    block = mt.TransformerBlock(mt.BlockConfig(dim=8, num_heads=2, hidden_dim=8))
+    with pytest.raises(ValueError, match=r"x must have shape \[batch, seq, 8\] with batch and seq at least 1"):
+        block(torch.randn(2, 0, 8))
+
+
+@pytest.mark.parametrize("value", [math.inf, math.nan, 1e308])
+def test_capacity_factor_must_be_finite_and_bounded(value):
+    with pytest.raises(ValueError, match="capacity_factor must be a number > 0"):
+        mt.MoELayer(6, capacity_factor=value)

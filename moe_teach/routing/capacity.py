@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..validation import check_positive_float, check_positive_int, check_top_k
+from ..validation import check_index_tensor, check_mask, check_positive_float, check_positive_int, check_top_k
 
 
 def expert_capacity(num_tokens: int, num_experts: int, top_k: int, capacity_factor: float) -> int:
@@ -21,8 +21,27 @@ def expert_capacity(num_tokens: int, num_experts: int, top_k: int, capacity_fact
     check_positive_int("num_tokens", num_tokens)
     check_positive_int("num_experts", num_experts)
     check_top_k(top_k, num_experts)
-    check_positive_float("capacity_factor", capacity_factor)
+    check_capacity_factor(capacity_factor)
     return math.ceil(capacity_factor * num_tokens * top_k / num_experts)
+
+
+MAX_CAPACITY_FACTOR = 1e6
+"""Any factor >= num_experts / top_k is already dropless; larger ones only risk overflow."""
+
+
+def check_capacity_factor(capacity_factor) -> float:
+    """A finite number in ``(0, MAX_CAPACITY_FACTOR]``."""
+    return check_positive_float("capacity_factor", capacity_factor, maximum=MAX_CAPACITY_FACTOR)
+
+
+def check_routing_indices(expert_indices, num_experts, valid=None) -> None:
+    """``expert_indices`` ``[T, k]`` int64 in ``0..num_experts-1``; ``valid`` a ``[T, k]`` bool mask or None."""
+    check_positive_int("num_experts", num_experts)
+    check_index_tensor("expert_indices", expert_indices)
+    if expert_indices.numel() and not 0 <= int(expert_indices.min()) <= int(expert_indices.max()) < num_experts:
+        raise ValueError(f"expert_indices must lie in 0..{num_experts - 1} (num_experts={num_experts})")
+    if valid is not None:
+        check_mask("valid", valid, expert_indices.shape)
 
 
 def position_in_expert(expert_indices: torch.Tensor, num_experts: int,
@@ -33,6 +52,7 @@ def position_in_expert(expert_indices: torch.Tensor, num_experts: int,
     A cumulative sum over a one-hot of the chosen expert counts how many assignments to the
     same expert came earlier. Slots with ``valid`` False (``[T, k]`` bool) take no place.
     """
+    check_routing_indices(expert_indices, num_experts, valid)
     num_tokens, top_k = expert_indices.shape
     slot_major = expert_indices.t().reshape(-1)                        # [k*T]
     one_hot = F.one_hot(slot_major, num_experts)                       # [k*T, E]
@@ -49,6 +69,7 @@ def apply_capacity(expert_indices: torch.Tensor, num_experts: int, capacity: int
 
     Slots with ``valid`` False are never kept.
     """
+    check_routing_indices(expert_indices, num_experts, valid)
     if capacity is None:
         kept = torch.ones_like(expert_indices, dtype=torch.bool)
     else:

@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..validation import check_positive_int, check_top_k
+from ..validation import (
+    check_choice,
+    check_float_tensor,
+    check_index_tensor,
+    check_parameter_budget,
+    check_positive_int,
+    check_top_k,
+)
 
 TOKEN_CHOICE_LOSSES = ("switch", "z", "importance", "load")
 
@@ -54,6 +61,9 @@ class RouterOutput:
     valid: torch.Tensor | None = None
     selection_scores: torch.Tensor | None = None
 
+    def __post_init__(self):
+        _check_decision_tensors(self, ("logits", "probs", "expert_indices", "expert_weights", "clean_logits"))
+
     def used_slots(self) -> torch.Tensor:
         """``[T, k]`` bool: True for every slot that holds an assignment."""
         if self.valid is None:
@@ -84,6 +94,8 @@ class Router(nn.Module):
         check_positive_int("input_dim", input_dim)
         check_positive_int("num_experts", num_experts)
         check_top_k(top_k, num_experts)
+        check_parameter_budget(f"a router with input_dim={input_dim}, num_experts={num_experts}",
+                               input_dim * num_experts)
         self.input_dim, self.num_experts, self.top_k = input_dim, num_experts, top_k
         self.proj = nn.Linear(input_dim, num_experts, bias=False)
 
@@ -98,17 +110,20 @@ class Router(nn.Module):
         return tuple(p for p in params if p not in ("self", "input_dim", "num_experts", "top_k"))
 
 
-def build_router(routers: dict, name: str, input_dim: int, num_experts: int, top_k: int,
+def build_router(routers: dict, router: str, input_dim: int, num_experts: int, top_k: int,
                  options: dict | None = None) -> Router:
-    """Instantiate ``routers[name]`` with its options; unknown options give a TypeError naming them."""
+    """Instantiate ``routers[router]`` with its options; unknown options give a TypeError naming them."""
     options = {} if options is None else options
     if not isinstance(options, dict):
         raise TypeError(f"router_options must be a dict of option -> value, got {type(options).__name__}")
-    cls = routers[name]
+    if not isinstance(routers, dict):
+        raise TypeError(f"routers must be a dict of name -> Router class, got {type(routers).__name__}")
+    check_choice("router", router, tuple(routers))
+    cls = routers[router]
     allowed = cls.option_names()
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise TypeError(f"router_options: {', '.join(map(repr, unknown))} not accepted by router {name!r}; "
+        raise TypeError(f"router_options: {', '.join(map(repr, unknown))} not accepted by router {router!r}; "
                         f"its options are: {', '.join(allowed) or 'none'}")
     return cls(input_dim, num_experts, top_k, **options)
 
@@ -139,6 +154,9 @@ class RoutingRecord:
     token_mask: torch.Tensor | None = None
     valid: torch.Tensor | None = None
     selection_scores: torch.Tensor | None = None
+
+    def __post_init__(self):
+        _check_decision_tensors(self, ("logits", "probs", "expert_indices", "expert_weights", "kept"))
 
     @property
     def num_tokens(self) -> int:
@@ -213,7 +231,22 @@ class RoutingRecord:
         return self.expert_indices[:, 0]
 
 
+def _check_decision_tensors(decision, names) -> None:
+    """Cheap type checks of a decision's or record's tensors (they are built on every forward)."""
+    for name in names:
+        if not isinstance(getattr(decision, name), torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(getattr(decision, name)).__name__}")
+
+
 def scatter_to_experts(expert_indices: torch.Tensor, values: torch.Tensor, num_experts: int) -> torch.Tensor:
     """Spread ``[T, k]`` per-slot ``values`` to a ``[T, E]`` tensor (zero elsewhere)."""
+    check_positive_int("num_experts", num_experts)
+    check_index_tensor("expert_indices", expert_indices)
+    check_float_tensor("values", values, min_dims=2)
+    if values.shape != expert_indices.shape:
+        raise ValueError(f"values must have the shape of expert_indices {tuple(expert_indices.shape)}, "
+                         f"got {tuple(values.shape)}")
+    if expert_indices.numel() and not 0 <= int(expert_indices.min()) <= int(expert_indices.max()) < num_experts:
+        raise ValueError(f"expert_indices must lie in 0..{num_experts - 1} (num_experts={num_experts})")
     dense = values.new_zeros(values.shape[0], num_experts)
     return dense.scatter_add(1, expert_indices, values)

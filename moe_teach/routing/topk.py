@@ -20,7 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..validation import check_float_tensor, check_non_negative_float, check_top_k
+from ..validation import (
+    check_bool,
+    check_float_tensor,
+    check_instance,
+    check_mask,
+    check_non_negative_float,
+    check_positive_int,
+    check_top_k,
+)
 from .decision import Router, RouterOutput
 
 
@@ -33,6 +41,7 @@ def topk_softmax(logits: torch.Tensor, top_k: int, renormalize: bool = True):
     """
     check_float_tensor("logits", logits)
     check_top_k(top_k, logits.shape[-1])
+    check_bool("renormalize", renormalize)
     probs = torch.softmax(logits.float(), dim=-1)
     weights, indices = probs.topk(top_k, dim=-1)
     if renormalize:
@@ -42,6 +51,7 @@ def topk_softmax(logits: torch.Tensor, top_k: int, renormalize: bool = True):
 
 def default_renormalize(top_k: int) -> bool:
     """Renormalise for k > 1; not at k = 1, where it would make every weight exactly 1."""
+    check_positive_int("top_k", top_k)
     return top_k > 1
 
 
@@ -125,8 +135,12 @@ def smooth_load(router_out: RouterOutput, top_k: int, token_mask: torch.Tensor |
     Without noise (plain router, eval mode) it falls back to the hard counts. Tokens whose
     ``token_mask`` entry is False (padding) are not counted.
     """
+    check_instance("router_out", router_out, RouterOutput)
     num_experts = router_out.logits.shape[-1]
-    keep = slice(None) if token_mask is None else token_mask.bool()
+    check_top_k(top_k, num_experts)
+    if token_mask is not None:
+        check_mask("token_mask", token_mask, router_out.logits.shape[:1])
+    keep = slice(None) if token_mask is None else token_mask
     if router_out.noise_std is None or top_k >= num_experts:
         return torch.bincount(router_out.expert_indices[keep].reshape(-1), minlength=num_experts).float()
     noisy, clean, std = router_out.logits[keep], router_out.clean_logits[keep], router_out.noise_std[keep]

@@ -1,0 +1,238 @@
+"""Every public callable rejects bad input with a clear ValueError or TypeError naming the argument.
+
+Each entry of :data:`SPECS` is a valid call of one public callable, every argument by keyword.
+The test replaces one argument at a time by values derived from its valid value (a bool by
+``"yes"``, ``0.5``, ``None``; an int by ``"3"``, ``2.5``, ``True``, ``-1``, ``2**70``; a float by
+``nan``, ``inf``, ``"x"``; a choice string by an unknown name; a tensor by a list) plus the
+entry's own nonsensical values, and requires a ValueError or TypeError whose message names the
+argument, within a time limit (a run-away loop fails too). :func:`test_every_public_callable_is_fuzzed`
+fails when a public function or class in a fuzzed module has no entry, so new code cannot skip this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import math
+import signal
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+import moe_teach as mt
+from moe_teach import counting, dispatch, experts, losses, moe_layer, transformer
+from moe_teach.routing import capacity, decision, topk
+
+SECONDS_PER_CALL = 10
+
+
+@dataclass
+class Spec:
+    """A valid keyword call of ``fn``; ``text`` arguments are free text (not choices)."""
+
+    name: str
+    fn: object
+    kwargs: dict
+    text: tuple[str, ...] = ()
+    not_fuzzed: tuple[str, ...] = ()          # arguments whose every value is legal (with why, below)
+    extra: dict = field(default_factory=dict)  # argument -> further values that must be rejected
+
+
+def _layer(**changes):
+    torch.manual_seed(0)
+    return mt.MoELayer(8, 8, num_experts=4, top_k=2, **changes)
+
+
+def _routed():
+    return mt.TopKRouter(8, 4, 2)(torch.randn(6, 8))
+
+
+X = torch.randn(6, 8)
+INDICES = torch.tensor([[0, 1], [1, 2], [2, 3], [3, 0], [0, 2], [1, 3]])
+WEIGHTS = torch.full((6, 2), 0.5)
+KEPT = torch.ones(6, 2, dtype=torch.bool)
+LOGITS = torch.randn(6, 4)
+PROBS = torch.softmax(LOGITS, dim=-1)
+EXPERTS = mt.make_experts(4, 8, 16, 8)
+BLOCK = mt.BlockConfig(dim=8, num_heads=2, hidden_dim=8)
+HUGE = 10**9
+
+SPECS = [
+    # experts
+    Spec("Expert", mt.Expert, dict(input_dim=8, hidden_dim=16, output_dim=8, activation="relu", bias=True),
+         extra={"hidden_dim": [HUGE]}),
+    Spec("Expert.forward", lambda x: mt.Expert(8, 16)(x), dict(x=X)),
+    Spec("expert_parameter_count", mt.expert_parameter_count,
+         dict(input_dim=8, hidden_dim=16, output_dim=8, activation="relu", bias=True)),
+    Spec("make_experts", mt.make_experts, dict(num_experts=4, input_dim=8, hidden_dim=16, output_dim=8,
+                                               activation="relu", bias=True), extra={"num_experts": [HUGE]}),
+    Spec("check_expert_input", experts.check_expert_input, dict(x=X, input_dim=8)),
+    # routing
+    Spec("topk_softmax", mt.topk_softmax, dict(logits=LOGITS, top_k=2, renormalize=True)),
+    Spec("default_renormalize", topk.default_renormalize, dict(top_k=2)),
+    Spec("TopKRouter", mt.TopKRouter, dict(input_dim=8, num_experts=4, top_k=2, renormalize=None, jitter=0.0),
+         extra={"jitter": [1.0, -0.1]}),
+    Spec("NoisyTopKRouter", mt.NoisyTopKRouter, dict(input_dim=8, num_experts=4, top_k=2, renormalize=None,
+                                                     jitter=0.0, min_noise_std=0.01)),
+    Spec("Router", mt.Router, dict(input_dim=8, num_experts=4, top_k=2)),
+    Spec("TopKRouter.forward", lambda x: mt.TopKRouter(8, 4, 2)(x), dict(x=X)),
+    Spec("build_router", decision.build_router, dict(routers=mt.ROUTERS, router="softmax", input_dim=8,
+                                                     num_experts=4, top_k=2, options={})),
+    Spec("smooth_load", mt.smooth_load, dict(router_out=_routed(), top_k=2, token_mask=None)),
+    Spec("expert_capacity", mt.expert_capacity, dict(num_tokens=6, num_experts=4, top_k=2, capacity_factor=1.0),
+         extra={"capacity_factor": [1e308, -1.0, 0.0]}),
+    Spec("check_capacity_factor", capacity.check_capacity_factor, dict(capacity_factor=1.25),
+         extra={"capacity_factor": [1e308, 0]}),
+    Spec("check_routing_indices", capacity.check_routing_indices, dict(expert_indices=INDICES, num_experts=4,
+                                                                       valid=KEPT)),
+    Spec("position_in_expert", mt.position_in_expert, dict(expert_indices=INDICES, num_experts=4, valid=None)),
+    Spec("apply_capacity", mt.apply_capacity, dict(expert_indices=INDICES, num_experts=4, capacity=2, valid=None)),
+    Spec("scatter_to_experts", mt.scatter_to_experts, dict(expert_indices=INDICES, values=WEIGHTS, num_experts=4)),
+    Spec("RouterOutput", mt.RouterOutput, dict(logits=LOGITS, probs=PROBS, expert_indices=INDICES,
+                                               expert_weights=WEIGHTS, clean_logits=LOGITS)),
+    Spec("RoutingRecord", mt.RoutingRecord, dict(logits=LOGITS, probs=PROBS, expert_indices=INDICES,
+                                                 expert_weights=WEIGHTS, kept=KEPT, capacity=None)),
+    # dispatch
+    *[Spec(name, fn, dict(x=X, experts=EXPERTS, expert_indices=INDICES, expert_weights=WEIGHTS, kept=None))
+      for name, fn in [("dispatch_dense_mask", mt.dispatch_dense_mask), ("dispatch_loop", mt.dispatch_loop),
+                       ("dispatch_grouped", mt.dispatch_grouped),
+                       ("check_dispatch_args", dispatch.check_dispatch_args)]],
+    Spec("check_experts", dispatch.check_experts, dict(experts=EXPERTS), extra={"experts": [[], [1, 2]]}),
+    Spec("sort_by_expert", mt.sort_by_expert, dict(x=X, expert_indices=INDICES, num_experts=4, kept=None)),
+    Spec("run_experts", mt.run_experts, dict(experts=EXPERTS, sorted_in=mt.sort_by_expert(X, INDICES, 4))),
+    Spec("combine", mt.combine, dict(sorted_out=torch.randn(12, 8), sorted_in=mt.sort_by_expert(X, INDICES, 4),
+                                     weights=WEIGHTS)),
+    Spec("SortedAssignments", mt.SortedAssignments, dict(order=torch.arange(12), counts=[3, 3, 3, 3],
+                                                         tokens=torch.randn(12, 8), top_k=2)),
+    # the layer
+    Spec("MoEConfig", mt.MoEConfig, dict(num_experts=4, top_k=2, router="softmax", router_options={},
+                                         capacity_factor=None, dispatch="grouped"),
+         extra={"capacity_factor": [1e308]}),
+    Spec("MoELayer", mt.MoELayer, dict(input_dim=8, output_dim=8, num_experts=4, top_k=2, hidden_dim=16,
+                                       activation="relu", router="softmax", renormalize=None, jitter=0.0,
+                                       capacity_factor=1.0, dispatch="grouped", bias=True, router_options=None),
+         extra={"num_experts": [HUGE], "capacity_factor": [1e308]}),
+    Spec("MoELayer.forward", lambda x, return_record=False, token_mask=None:
+         _layer()(x, return_record=return_record, token_mask=token_mask),
+         dict(x=X, return_record=False, token_mask=torch.ones(6, dtype=torch.bool)),
+         extra={"x": [X.double()]}),
+    Spec("MoELayer.from_config", mt.MoELayer.from_config,
+         dict(input_dim=8, hidden_dim=16, activation="relu", config=mt.MoEConfig(), output_dim=8, bias=True)),
+    Spec("MoELayer.capacity", lambda num_tokens: _layer(capacity_factor=1.0).capacity(num_tokens),
+         dict(num_tokens=6)),
+    # losses
+    Spec("switch_load_balancing_loss", mt.switch_load_balancing_loss,
+         dict(probs=PROBS, expert_indices=INDICES, token_mask=None)),
+    Spec("router_z_loss", mt.router_z_loss, dict(logits=LOGITS, token_mask=torch.ones(6, dtype=torch.bool))),
+    Spec("cv_squared", mt.cv_squared, dict(values=torch.rand(4), eps=1e-10)),
+    Spec("importance_loss", mt.importance_loss, dict(gate_weights=PROBS, token_mask=None)),
+    Spec("load_loss", mt.load_loss, dict(load=torch.rand(4))),
+    # transformer and counting
+    Spec("BlockConfig", mt.BlockConfig, dict(dim=8, num_heads=2, hidden_dim=8, activation="gelu",
+                                             moe=mt.MoEConfig())),
+    Spec("dense_twin", mt.dense_twin, dict(config=BLOCK, match="active")),
+    Spec("CausalSelfAttention", mt.CausalSelfAttention, dict(dim=8, num_heads=2), extra={"dim": [2.5]}),
+    Spec("CausalSelfAttention.forward", lambda x: mt.CausalSelfAttention(8, 2)(x), dict(x=torch.randn(2, 3, 8))),
+    Spec("check_sequence_input", transformer.check_sequence_input, dict(x=torch.randn(2, 3, 8), dim=8),
+         extra={"x": [torch.randn(0, 3, 8), torch.randn(2, 0, 8), torch.randn(3, 8)]}),
+    Spec("TransformerBlock", mt.TransformerBlock, dict(config=BLOCK)),
+    Spec("TransformerBlock.forward", lambda x, token_mask=None: mt.TransformerBlock(BLOCK)(x, token_mask),
+         dict(x=torch.randn(2, 3, 8), token_mask=None)),
+    Spec("moe_layers", mt.moe_layers, dict(model=mt.TransformerBlock(BLOCK))),
+    Spec("collect_aux_losses", mt.collect_aux_losses, dict(model=mt.TransformerBlock(BLOCK))),
+    Spec("count_parameters", mt.count_parameters, dict(module=mt.Expert(4, 4))),
+    Spec("active_parameters", mt.active_parameters, dict(model=mt.TransformerBlock(BLOCK))),
+    Spec("ffn_flops_per_token", mt.ffn_flops_per_token,
+         dict(input_dim=8, hidden_dim=16, output_dim=8, activation="relu")),
+    Spec("moe_flops_per_token", mt.moe_flops_per_token,
+         dict(input_dim=8, hidden_dim=16, num_experts=4, top_k=2, output_dim=8, activation="relu")),
+    Spec("attention_flops_per_token", mt.attention_flops_per_token, dict(dim=8, seq_len=4)),
+    Spec("block_flops_per_token", mt.block_flops_per_token, dict(config=BLOCK, seq_len=4)),
+]
+
+# Modules whose every public function and class must have a spec (or be listed in NOT_FUZZED).
+FUZZED_MODULES = [experts, topk, capacity, decision, dispatch, moe_layer, losses, transformer, counting]
+NOT_FUZZED = {
+    "moe_teach.validation": "the checkers themselves (tested in test_validation.py)",
+}
+
+
+def bad_values(value, text: bool) -> list:
+    """Values that must be rejected in place of the valid ``value``."""
+    if isinstance(value, bool):
+        return ["yes", 0.5, None]
+    if isinstance(value, int):
+        return ["3", 2.5, True, -1, 2**70]
+    if isinstance(value, float):
+        return [math.nan, math.inf, "x"]
+    if isinstance(value, str):
+        return [3] if text else ["no-such-value", 3]
+    if isinstance(value, torch.Tensor):
+        return [value.tolist(), "x"]
+    if isinstance(value, dict):
+        return ["x"]
+    if value is None:
+        return []
+    return ["x", 3]
+
+
+def cases():
+    for spec in SPECS:
+        for arg, value in spec.kwargs.items():
+            if arg in spec.not_fuzzed:
+                continue
+            values = bad_values(value, arg in spec.text) + spec.extra.get(arg, [])
+            for bad in values:
+                yield pytest.param(spec, arg, bad, id=f"{spec.name}-{arg}={bad!r:.20}")
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int):
+    def stop(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s: a size that should have been refused")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_the_valid_call_works(spec):
+    with time_limit(SECONDS_PER_CALL):
+        spec.fn(**spec.kwargs)
+
+
+@pytest.mark.parametrize("spec, arg, bad", list(cases()))
+def test_a_bad_value_gets_a_clear_error_naming_the_argument(spec, arg, bad):
+    kwargs = {**spec.kwargs, arg: bad}
+    with time_limit(SECONDS_PER_CALL), pytest.raises((ValueError, TypeError)) as caught:
+        spec.fn(**kwargs)
+    assert arg in str(caught.value), f"{spec.name}({arg}={bad!r}) raised {caught.value!r}, not naming {arg!r}"
+
+
+def public_callables(module) -> list[str]:
+    return sorted(name for name, obj in vars(module).items()
+                  if not name.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj))
+                  and obj.__module__ == module.__name__ and not issubclass_of_exception(obj))
+
+
+def issubclass_of_exception(obj) -> bool:
+    return inspect.isclass(obj) and issubclass(obj, BaseException)
+
+
+@pytest.mark.parametrize("module", FUZZED_MODULES, ids=lambda m: m.__name__)
+def test_every_public_callable_is_fuzzed(module):
+    covered = {spec.name.split(".")[0] for spec in SPECS}
+    missing = [name for name in public_callables(module) if name not in covered]
+    assert not missing, f"{module.__name__}: add a Spec to tests/test_fuzz.py for {missing}"
+
+
+def test_not_fuzzed_modules_exist():
+    for name in NOT_FUZZED:
+        importlib.import_module(name)
