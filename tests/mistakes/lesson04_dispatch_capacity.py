@@ -51,6 +51,12 @@ def keep_reshaped_without_transpose(expert_indices, num_experts, capacity):
     return (_positions(expert_indices.T.reshape(-1), num_experts) < capacity).view_as(expert_indices)
 
 
+def keep_as_int64(expert_indices, num_experts, capacity):
+    """Right decisions, returned as 0/1 int64 (a .long() 'to be safe')."""
+    num_tokens, k = expert_indices.shape
+    return (_positions(expert_indices.T.reshape(-1), num_experts) < capacity).view(k, num_tokens).T.long()
+
+
 def keep_drop_whole_expert(expert_indices, num_experts, capacity):
     """Drops every assignment of an over-full expert instead of only the overflow."""
     counts = torch.bincount(expert_indices.reshape(-1), minlength=num_experts)
@@ -92,6 +98,12 @@ def dispatch_kept_inverted(x, experts, expert_indices, expert_weights, kept):
     return _dispatch(x, experts, expert_indices, expert_weights * ~kept)
 
 
+def dispatch_zeroes_weights_in_place(x, experts, expert_indices, expert_weights, kept):
+    """Right output, but it zeroes the caller's dropped weights in place (masked_fill_)."""
+    expert_weights.masked_fill_(~kept, 0.0)
+    return _dispatch(x, experts, expert_indices, expert_weights)
+
+
 def dispatch_doubled_weights(x, experts, expert_indices, expert_weights, kept):
     """No named diagnosis: gets the generic hint."""
     return _dispatch(x, experts, expert_indices, 2 * expert_weights * kept)
@@ -104,10 +116,11 @@ MISTAKES = {
                             ("rounded_too_early", capacity_rounded_per_token), ("not_int", capacity_tensor)],
     "keep_mask": [("token_major_priority", keep_token_major), ("over_capacity", keep_off_by_one),
                   ("dropped_with_room", keep_drop_whole_expert), ("wrong_priority", keep_later_tokens_first),
-                  ("reshape_order", keep_reshaped_without_transpose)],
+                  ("reshape_order", keep_reshaped_without_transpose), ("int_mask", keep_as_int64)],
     "dispatch_with_capacity": [("dropped_passthrough", dispatch_dropped_passthrough),
                                ("ignored_kept", dispatch_ignores_kept),
                                ("renormalised_after_drop", dispatch_renormalised_after_drop),
                                ("kept_inverted", dispatch_kept_inverted),
-                               ("wrong_values", dispatch_doubled_weights)],
+                               ("wrong_values", dispatch_doubled_weights),
+                               ("mutated_input", dispatch_zeroes_weights_in_place)],
 }

@@ -85,6 +85,12 @@ def switch_loss_scaled(probs, expert_indices):
     return 1.7 * moe_teach.switch_load_balancing_loss(probs, expert_indices)
 
 
+def switch_loss_f_from_probabilities(probs, expert_indices):
+    """f_i taken from the probabilities as well: E * sum(P_i^2) (a learner's version)."""
+    mean_probs = probs.mean(dim=0)
+    return probs.shape[-1] * (mean_probs * mean_probs).sum()
+
+
 def z_loss_missing_square(logits):
     return torch.logsumexp(logits, dim=-1).mean()
 
@@ -136,7 +142,8 @@ MISTAKES = {
                         ("first_choice_only", switch_loss_f_from_argmax),
                         ("wrong_values", switch_loss_scaled), ("wrong_values", switch_loss_p_summed),
                         ("wrong_values", switch_loss_p_median), ("wrong_values", switch_loss_squared_counts),
-                        ("wrong_values", switch_loss_pairs_reversed)],
+                        ("wrong_values", switch_loss_pairs_reversed),
+                        ("f_from_probabilities", switch_loss_f_from_probabilities)],
     "router_z_loss": [("missing_square", z_loss_missing_square), ("max_not_logsumexp", z_loss_max),
                       ("sum_not_mean", z_loss_summed), ("wrong_dim", z_loss_wrong_dim),
                       ("squared_mean", z_loss_squared_mean), ("overflow", z_loss_unstable),

@@ -90,7 +90,11 @@ def _check_keep_mask(fn):
             if out.is_floating_point() or not bool(((out == 0) | (out == 1)).all()):
                 raise Mistake("not_bool", f"the mask should be True/False, got dtype {out.dtype}",
                               "A comparison such as position < capacity gives a bool tensor.")
-            out = out.bool()
+            raise Mistake("int_mask", f"your mask holds 0 and 1 as {out.dtype}, not True and False",
+                          "The task asks for a bool mask because it is used to index: x[mask] with a bool "
+                          "mask keeps the True rows, but with an integer 0/1 tensor it picks rows 0 and 1. "
+                          "A comparison such as position < capacity already gives a bool tensor; drop the "
+                          "conversion to a number.")
         expected = apply_capacity(indices, num_experts, capacity)
         if torch.equal(out, expected):
             continue

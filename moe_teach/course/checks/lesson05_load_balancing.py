@@ -57,6 +57,7 @@ def _switch_candidates(probs: torch.Tensor, indices: torch.Tensor, expected: tor
         "first_choice_only": num_experts * (first_counts / tokens * probs.mean(0)).sum(),
         "p_divided_by_k": expected / k,
         "counts_not_fractions": expected * tokens * k,
+        "f_from_probabilities": num_experts * probs.mean(0).square().sum(),
     }
     if k == 1:  # at k = 1 these mistakes change nothing
         for key in ("f_not_divided_by_k", "p_divided_by_k", "first_choice_only", "p_from_topk_weights"):
@@ -138,6 +139,11 @@ def _check_switch_aux_loss(fn):
                            "P_i is a plain mean over tokens of probs[:, i]."),
         "counts_not_fractions": ("you used raw counts for f_i instead of fractions",
                                  "Divide the counts by tokens * k."),
+        "f_from_probabilities": (("your f_i are the mean probabilities P_i again, so your loss is E times "
+                                  "the sum of the squared P_i"),
+                                 "f_i must count the chosen experts: the fraction of all tokens * k "
+                                 "assignments (the entries of expert_indices) that went to expert i. It is "
+                                 "a count, with no gradient; only P_i carries the gradient."),
     }
     for case_number, (probs, indices) in enumerate(_switch_cases()):
         expected = switch_load_balancing_loss(probs, indices)
