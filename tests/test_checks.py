@@ -70,6 +70,8 @@ def test_package_implementations_pass_their_checks():
     assert run_checker("top_k_routing", lambda logits, k: moe_teach.topk_softmax(logits, k)[1:]).passed
     for dispatcher in moe_teach.DISPATCHERS.values():
         assert run_checker("dispatch_with_capacity", dispatcher).passed, dispatcher.__name__
+    assert run_checker("sorted_dispatch", moe_teach.dispatch_grouped).passed
+    assert run_checker("sorted_dispatch", moe_teach.dispatch_dense_mask).key == "computes_unchosen"
     assert run_checker("block_forward", moe_teach.TransformerBlock.forward).status == DONE
 
 

@@ -109,6 +109,57 @@ def dispatch_doubled_weights(x, experts, expert_indices, expert_weights, kept):
     return _dispatch(x, experts, expert_indices, 2 * expert_weights * kept)
 
 
+def _sorted(x, experts, expert_indices, expert_weights, token_of="divide", sort_weights=True, unsort=True):
+    num_tokens, k = expert_indices.shape
+    flat = expert_indices.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=len(experts)).tolist()
+    tokens = order // k if token_of == "divide" else order % k
+    sorted_y = torch.cat([expert(chunk) for expert, chunk in zip(experts, x[tokens].split(counts))])
+    flat_weights = expert_weights.reshape(-1)
+    sorted_y = sorted_y * (flat_weights[order] if sort_weights else flat_weights).unsqueeze(1)
+    per_slot = torch.zeros_like(sorted_y).index_copy(0, order, sorted_y) if unsort else sorted_y
+    return per_slot.view(num_tokens, k, -1).sum(1)
+
+
+def sorted_weights_in_token_order(x, experts, expert_indices, expert_weights):
+    """Rows sorted by expert, weights left in assignment order."""
+    return _sorted(x, experts, expert_indices, expert_weights, sort_weights=False)
+
+
+def sorted_never_unsorted(x, experts, expert_indices, expert_weights):
+    """Sums the expert-ordered rows in groups of k without putting them back first."""
+    return _sorted(x, experts, expert_indices, expert_weights, unsort=False)
+
+
+def sorted_token_from_remainder(x, experts, expert_indices, expert_weights):
+    """order % k (the slot) taken for the token."""
+    return _sorted(x, experts, expert_indices, expert_weights, token_of="modulo")
+
+
+def sorted_unweighted(x, experts, expert_indices, expert_weights):
+    return _sorted(x, experts, expert_indices, torch.ones_like(expert_weights))
+
+
+def sorted_one_call_per_assignment(x, experts, expert_indices, expert_weights):
+    """Right values, but every assignment calls its expert on one row: nothing is grouped."""
+    num_tokens, k = expert_indices.shape
+    out = x.new_zeros(num_tokens, experts[0].output_dim)
+    for t in range(num_tokens):
+        for j in range(k):
+            out[t] += expert_weights[t, j] * experts[int(expert_indices[t, j])](x[t:t + 1])[0]
+    return out
+
+
+def sorted_all_experts_on_all_tokens(x, experts, expert_indices, expert_weights):
+    """Right values, but each expert runs on every token (the mask path)."""
+    return dispatch_ignores_kept(x, experts, expert_indices, expert_weights, None)
+
+
+def sorted_detached_weights(x, experts, expert_indices, expert_weights):
+    return _sorted(x, experts, expert_indices, expert_weights.detach())
+
+
 MISTAKES = {
     "capacity_per_expert": [("missing_num_experts", capacity_without_num_experts),
                             ("missing_top_k", capacity_without_top_k), ("rounded_down", capacity_floor),
@@ -123,4 +174,9 @@ MISTAKES = {
                                ("kept_inverted", dispatch_kept_inverted),
                                ("wrong_values", dispatch_doubled_weights),
                                ("mutated_input", dispatch_zeroes_weights_in_place)],
+    "sorted_dispatch": [("weights_not_sorted", sorted_weights_in_token_order),
+                        ("not_unsorted", sorted_never_unsorted), ("wrong_token", sorted_token_from_remainder),
+                        ("unweighted", sorted_unweighted), ("not_grouped", sorted_one_call_per_assignment),
+                        ("computes_unchosen", sorted_all_experts_on_all_tokens),
+                        ("no_gradient", sorted_detached_weights)],
 }

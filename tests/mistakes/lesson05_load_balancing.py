@@ -132,6 +132,49 @@ def z_loss_scaled(logits):
     return 1.7 * torch.logsumexp(logits, dim=-1).square().mean()
 
 
+def _load(expert_indices, num_experts):
+    return torch.bincount(expert_indices.reshape(-1), minlength=num_experts).float()
+
+
+def bias_towards_busy_experts(bias, expert_indices, rate):
+    load = _load(expert_indices, bias.shape[0])
+    return bias + rate * torch.sign(load - load.mean())
+
+
+def bias_proportional_step(bias, expert_indices, rate):
+    load = _load(expert_indices, bias.shape[0])
+    return bias + rate * (load.mean() - load)
+
+
+def bias_first_choice_load(bias, expert_indices, rate):
+    load = _load(expert_indices[:, 0], bias.shape[0])
+    return bias + rate * torch.sign(load.mean() - load)
+
+
+def bias_step_only(bias, expert_indices, rate):
+    load = _load(expert_indices, bias.shape[0])
+    return rate * torch.sign(load.mean() - load)
+
+
+def bias_moves_experts_at_the_mean(bias, expert_indices, rate):
+    """Every expert moves: up unless over the mean (a where instead of a sign)."""
+    load = _load(expert_indices, bias.shape[0])
+    return bias + rate * torch.where(load > load.mean(), -1.0, 1.0)
+
+
+def bias_updated_in_place(bias, expert_indices, rate):
+    """Right values, torchtitan-style in place: the caller's bias changes."""
+    load = _load(expert_indices, bias.shape[0])
+    bias += rate * torch.sign(load.mean() - load)
+    return bias
+
+
+def bias_half_rate(bias, expert_indices, rate):
+    """No named diagnosis: gets the generic hint."""
+    load = _load(expert_indices, bias.shape[0])
+    return bias + 0.5 * rate * torch.sign(load.mean() - load)
+
+
 MISTAKES = {
     "switch_aux_loss": [("f_not_divided_by_k", switch_loss_f_not_divided_by_k),
                         ("p_from_topk", switch_loss_p_from_topk),
@@ -148,4 +191,8 @@ MISTAKES = {
                       ("sum_not_mean", z_loss_summed), ("wrong_dim", z_loss_wrong_dim),
                       ("squared_mean", z_loss_squared_mean), ("overflow", z_loss_unstable),
                       ("wrong_values", z_loss_scaled), ("wrong_values", z_loss_halved_logits)],
+    "bias_update": [("direction_inverted", bias_towards_busy_experts), ("no_sign", bias_proportional_step),
+                    ("first_choice_only", bias_first_choice_load), ("replaced_bias", bias_step_only),
+                    ("moved_balanced_expert", bias_moves_experts_at_the_mean),
+                    ("mutated_input", bias_updated_in_place), ("wrong_values", bias_half_rate)],
 }
