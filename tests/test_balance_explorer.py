@@ -99,3 +99,12 @@ def test_update_time_is_measured(explorer):
         times.append(time.perf_counter() - start)
     print(f"balance explorer: median update (both sliders) {1e3 * statistics.median(times):.2f} ms over 50")
     assert_consistent(explorer)
+
+
+def test_training_chart_has_step_ticks():
+    from moe_teach.widgets.balance import _step_ticks, svg_line_chart
+
+    assert _step_ticks(80) == [0, 20, 40, 60]
+    assert _step_ticks(1) == [0] and _step_ticks(6) == [0, 1, 2, 3, 4, 5]
+    svg = svg_line_chart([[0.5, 0.5]] * 80)
+    assert re.findall(r'data-step-tick="(\d+)"', svg) == ["0", "20", "40", "60"]

@@ -186,3 +186,16 @@ def test_summary_uses_singular_and_plural_correctly():
         assert "(s)" not in text
         seen.update({("capacity", state.capacity == 1), ("lost", min(lost, 2))})
     assert {("capacity", True), ("capacity", False), ("lost", 0), ("lost", 1), ("lost", 2)} <= seen
+
+
+def test_dropped_cells_are_drawn_red():
+    """The lesson calls dropped cells red: their fill is a saturated red, distinct from every slot colour."""
+    from moe_teach.widgets.capacity import DROPPED_FILL, SLOT_COLOURS
+
+    red, green, blue = (int(DROPPED_FILL[i:i + 2], 16) for i in (1, 3, 5))
+    assert red >= 200 and green <= 80 and blue <= 80, DROPPED_FILL
+    assert DROPPED_FILL not in SLOT_COLOURS
+    explorer = capacity_explorer()
+    explorer.factor_slider.value = 0.5
+    dropped = re.findall(r'data-kept="false"[^>]*fill="([^"]+)"', explorer.grid.value)
+    assert dropped and set(dropped) == {DROPPED_FILL}

@@ -70,6 +70,8 @@ def test_package_implementations_pass_their_checks():
     assert run_checker("top_k_routing", lambda logits, k: moe_teach.topk_softmax(logits, k)[1:]).passed
     for dispatcher in moe_teach.DISPATCHERS.values():
         assert run_checker("dispatch_with_capacity", dispatcher).passed, dispatcher.__name__
+    assert run_checker("sorted_dispatch", moe_teach.dispatch_grouped).passed
+    assert run_checker("sorted_dispatch", moe_teach.dispatch_dense_mask).key == "computes_unchosen"
     assert run_checker("block_forward", moe_teach.TransformerBlock.forward).status == DONE
 
 
@@ -322,3 +324,66 @@ def test_block_check_tells_the_two_norms_apart():
 def test_capacity_as_a_tensor_gets_a_tensor_hint():
     result = run_checker("capacity_per_expert", mistakes.capacity_tensor)
     assert result.key == "not_int" and "Tensor" in result.message and "float such as" not in result.hint
+
+
+# ----------------------------------------------------------------------------- inputs left unchanged
+
+
+def _mutate_then_return_none(*args):
+    """Changes the first tensor it is given (or a module's first weight) in place, then returns nothing."""
+    for value in args:
+        modules = value if isinstance(value, (list, tuple)) else [value]
+        if isinstance(value, torch.Tensor):
+            with torch.no_grad():
+                value.copy_(~value if value.dtype == torch.bool else value + 1)
+            return None
+        if modules and all(isinstance(m, torch.nn.Module) for m in modules):
+            with torch.no_grad():
+                next(modules[0].parameters()).add_(1.0)
+            return None
+    return None
+
+
+def test_every_task_with_tensor_inputs_refuses_a_changed_input():
+    """An in-place change of any input (tensor or module weight) is caught before the output is judged."""
+    without_tensors = []
+    for task in TASKS:
+        result = run_checker(task, _mutate_then_return_none)
+        if result.key == "mutated_input":
+            assert "in place" in result.message and "clone" in result.hint
+        else:
+            without_tensors.append(task)
+    assert sorted(without_tensors) == ["capacity_per_expert", "claimed_saving", "count_expert_parameters",
+                                       "layer_flops", "layer_parameters"]   # numbers only
+
+
+def test_changed_input_is_named_with_the_learners_parameter_name():
+    result = run_checker("dispatch_with_capacity", mistakes.dispatch_zeroes_weights_in_place)
+    assert result.key == "mutated_input" and "`expert_weights`" in result.message
+
+
+def test_switch_loss_with_f_from_probabilities_is_told_to_count_chosen_experts():
+    result = run_checker("switch_aux_loss", mistakes.switch_loss_f_from_probabilities)
+    assert result.key == "f_from_probabilities"
+    assert "f_i must count the chosen experts" in result.hint and "do not sum to 1" not in result.hint
+
+
+def test_block_adding_the_residual_twice_is_diagnosed():
+    for wrong in (mistakes.block_residual_added_twice, mistakes.block_attention_residual_twice):
+        result = run_checker("block_forward", wrong)
+        assert result.key == "residual_twice", result.message
+        assert "twice" in result.message
+
+
+def test_keep_mask_must_be_bool_and_total_aux_loss_a_tensor():
+    assert run_checker("keep_mask", mistakes.keep_as_int64).key == "int_mask"
+    assert run_checker("keep_mask", lambda i, e, c: moe_teach.apply_capacity(i, e, c).float()).key == "not_bool"
+    result = run_checker("total_aux_loss", mistakes.aux_python_zero_without_moe)
+    assert result.key == "no_moe_layers" and "int" in result.message
+
+
+def test_mask_and_compute_all_is_not_sparse():
+    """Right values, right gradients, exact zeros for unchosen experts: rejected by counting expert rows."""
+    result = run_checker("sparse_moe_forward", mistakes.sparse_mask_and_compute_all)
+    assert result.key == "computes_unchosen"
+    assert "ran on" in result.message and "chose" in result.message

@@ -4,6 +4,7 @@ import torch
 from moe_teach import BlockConfig, MoEConfig
 from moe_teach.counting import active_parameters, count_parameters
 from moe_teach.experts import Expert
+from moe_teach.lessons import performance
 from moe_teach.lessons.performance import (
     STAGES,
     counted_on_meta,
@@ -107,3 +108,52 @@ def test_find_config_hits_the_claim():
 def test_median_seconds_rejects_bad_repeats():
     with pytest.raises(ValueError, match="repeats"):
         median_seconds(lambda: None, repeats=0)
+
+
+def _fake_rows():
+    rows = []
+    for e, k, moe_s, total_s in [(4, 1, 2.0, 1.0), (4, 2, 0.5, 1.0), (2, 1, 3.0, 1.0), (2, 2, 5.0, 1.0)]:
+        counts = performance.layer_counts(8, 8, e, k)
+        rows.append({"model": "moe", "num_experts": e, "top_k": k, "forward_s": moe_s, **counts["moe"]})
+        rows.append({"model": "dense-total", "num_experts": e, "top_k": k, "forward_s": total_s,
+                     **counts["dense-total"]})
+        rows.append({"model": "dense-active", "num_experts": e, "top_k": k, "forward_s": 1.0,
+                     **counts["dense-active"]})
+    return rows
+
+
+def test_slower_than_dense_total_needs_both_a_flop_saving_and_a_slower_time():
+    found = performance.slower_than_dense_total(_fake_rows(), min_flop_ratio=1.9)
+    # (4, 1): FLOP ratio 3.2 and slower -> listed; (4, 2): faster; (2, 1): slower, but the router
+    # leaves its FLOP ratio at 1.78, under 1.9; (2, 2): no FLOP saving at all
+    assert [(f["num_experts"], f["top_k"]) for f in found] == [(4, 1)]
+    assert found[0]["time_ratio"] == 2.0 and found[0]["flop_ratio"] > 3
+
+
+def test_bytes_moved_counts_weights_and_the_two_copies():
+    moved = performance.bytes_moved_per_forward(tokens=16, dim=4, hidden=8, num_experts=4, top_k=2)
+    assert moved["moe_weights"] == 4 * 4 * (4 * 8 + 8 + 8 * 4 + 4)
+    assert moved["dense_active_weights"] == 4 * (4 * 16 + 16 + 16 * 4 + 4)
+    assert moved["gather_scatter"] == 4 * 2 * 16 * 2 * 4
+    assert performance.bytes_moved_per_forward(1, 4, 8, 4, 2)["moe_weights"] == 2 * 4 * (4 * 8 + 8 + 8 * 4 + 4)
+
+
+def test_plot_sweep_has_one_row_per_k_three_lines_each_and_one_legend():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = performance.sweep(experts=(2, 4), top_ks=(1, 2), tokens=32, dim=8, hidden=8, repeats=1, progress=False)
+    fig = performance.plot_sweep(rows, [("params", "parameters", 1), ("forward_s", "forward (ms)", 1e3)],
+                                 top_ks=(1, 2))
+    axes = fig.axes
+    assert len(axes) == 4 and all(len(ax.lines) == 3 for ax in axes)
+    assert len(fig.legends) == 1 and not any(ax.get_legend() for ax in axes)
+    moe_line = next(line for line in axes[0].lines if line.get_label() == "moe")
+    assert moe_line.get_zorder() > max(line.get_zorder() for line in axes[0].lines if line is not moe_line)
+    plt.close(fig)
+
+
+def test_overhead_and_matmul_rate_are_positive():
+    assert 0 < performance.expert_call_overhead(dim=8, hidden=8, repeats=5) < 1
+    assert performance.square_matmul_gflops(n=64, repeats=2) > 0

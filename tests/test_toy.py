@@ -95,3 +95,24 @@ def test_bad_arguments_name_the_argument():
         region_of(torch.zeros(3, 3))
     with pytest.raises(ValueError, match="steps"):
         train_regression(Expert(2, 4, 1), make_toy_data(8), steps=0)
+
+
+def test_expert_output_plot_marks_a_region_too_thin_to_see():
+    """An expert that wins a sliver of the plane gets a star and its share in the panel title."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from moe_teach import MoELayer
+    from moe_teach.lessons.plots import SLIVER, plot_expert_outputs
+
+    torch.manual_seed(0)
+    layer = MoELayer(2, 1, num_experts=3, top_k=3, hidden_dim=4)
+    with torch.no_grad():   # expert 2 wins only a thin wedge around the direction (1, 0)
+        layer.router.proj.weight.copy_(torch.tensor([[0.0, 1.0], [0.0, -1.0], [0.05, 0.0]]))
+    fig = plot_expert_outputs(layer)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert any("the star" in t and t.startswith("expert 2") for t in titles), titles
+    assert not any("the star" in t for t in titles if not t.startswith("expert 2"))
+    assert SLIVER == 0.05
+    plt.close(fig)

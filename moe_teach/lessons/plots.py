@@ -93,6 +93,10 @@ def plot_gate_partition(layer, ax=None, resolution: int = 101,
     return draw_region_boundaries(ax)
 
 
+SLIVER = 0.05
+"""An expert region smaller than this share of the plane is marked with a star in :func:`plot_expert_outputs`."""
+
+
 @torch.no_grad()
 def plot_expert_outputs(layer, resolution: int = 101, weighted: bool = False, limit: float = 1.5):
     """One heatmap per expert over the whole plane (the layer's ``output_dim`` must be 1).
@@ -102,7 +106,8 @@ def plot_expert_outputs(layer, resolution: int = 101, weighted: bool = False, li
     one colour scale, clipped to ``[-limit, limit]`` (the toy targets' range): an expert may output
     much larger values where the gate ignores it, and those would wash out everything else.
     A thick white line with a black edge outlines where the gate picks that expert (its argmax
-    region); outside it the panel is faded.
+    region); outside it the panel is faded. A region under ``SLIVER`` of the plane, too thin to
+    see, is marked by a star at its centre and named in the panel's title.
     """
     num_experts = len(layer.experts)
     fig, axes = plt.subplots(1, num_experts, figsize=(3.3 * num_experts, 3.5), constrained_layout=True)
@@ -125,7 +130,12 @@ def plot_expert_outputs(layer, resolution: int = 101, weighted: bool = False, li
             ax.contour(x1, x2, owned, levels=[0.5], colors="black", linewidths=4)
             ax.contour(x1, x2, owned, levels=[0.5], colors="white", linewidths=2)
         share = float(owned.mean())
-        ax.set(xlabel="x1", ylabel="x2", title=f"expert {expert_id} (wins {share:.0%} of the plane)")
+        title = f"expert {expert_id} (wins {share:.0%} of the plane)"
+        if 0 < share < SLIVER:   # a region too thin to see: mark where it is
+            ax.plot(x1[owned.bool()].mean(), x2[owned.bool()].mean(), marker="*", markersize=16,
+                    color="white", markeredgecolor="black")
+            title = f"expert {expert_id} (wins {share:.1%}: the star)"
+        ax.set(xlabel="x1", ylabel="x2", title=title)
     label = "gate probability x expert output" if weighted else "expert output"
     fig.colorbar(image, ax=axes, label=f"{label} (clipped to ±{limit:g})", shrink=0.8, extend="both")
     what = "What each expert contributes to the mixture" if weighted else "What each expert computes"

@@ -186,6 +186,15 @@ class BalanceExplorer(widgets.VBox):
         self.steps_chart.value = svg_line_chart(s.shares_over_steps, title="Share per expert during training")
 
 
+def _step_ticks(steps: int) -> list[int]:
+    """Round step numbers for the x axis: 0 and every multiple of a 1-2-5 spacing up to the last step."""
+    if steps <= 1:
+        return [0]
+    nice = (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 5000)
+    spacing = next((s for s in nice if (steps - 1) / s <= 5), (steps - 1) // 5)
+    return list(range(0, steps, spacing))
+
+
 def svg_line_chart(rows, title: str = "", width: int = 380, height: int = 220) -> str:
     """Lines of ``rows`` ``[steps][E]`` (one line per column, y from 0 to 1) as SVG, with a legend."""
     left, bottom, top_pad, right = 45, 30, 25, 80
@@ -198,12 +207,18 @@ def svg_line_chart(rows, title: str = "", width: int = 380, height: int = 220) -
              f'<line x1="{left}" y1="{top_pad + plot_h}" x2="{left + plot_w}" y2="{top_pad + plot_h}" '
              'stroke="black"/>',
              f'<line x1="{left}" y1="{top_pad}" x2="{left}" y2="{top_pad + plot_h}" stroke="black"/>',
-             f'<text x="{left + plot_w / 2}" y="{height - 4}" text-anchor="middle">training step</text>',
+             f'<text x="{left + plot_w / 2}" y="{height - 2}" text-anchor="middle">training step</text>',
              f'<text x="12" y="{top_pad + plot_h / 2}" transform="rotate(-90 12 {top_pad + plot_h / 2})" '
              f'text-anchor="middle">share</text>']
     for tick in (0.0, 0.5, 1.0):
         y = top_pad + plot_h * (1 - tick) + 4
         parts.append(f'<text x="{left - 4}" y="{y}" text-anchor="end">{tick:g}</text>')
+    for step in _step_ticks(steps):
+        x = left + plot_w * step / max(1, steps - 1)
+        parts.append(f'<line x1="{x:.1f}" y1="{top_pad + plot_h}" x2="{x:.1f}" y2="{top_pad + plot_h + 4}" '
+                     'stroke="black"/>')
+        parts.append(f'<text data-step-tick="{step}" x="{x:.1f}" y="{top_pad + plot_h + 15}" '
+                     f'text-anchor="middle">{step}</text>')
     num_series = len(rows[0]) if rows else 0
     for series in range(num_series):
         xs = [left + plot_w * i / max(1, steps - 1) for i in range(steps)]

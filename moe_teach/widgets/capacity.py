@@ -30,7 +30,7 @@ from ..validation import check_non_negative_float, check_positive_float, check_p
 from .common import ACCENT, message_html
 
 SLOT_COLOURS = (ACCENT, "#ffa94d", "#ffd8a8", "#fff4e6")   # 1st, 2nd, 3rd, 4th choice
-DROPPED_FILL, DROPPED_STROKE = "#ffe3e3", "#c92a2a"
+DROPPED_FILL, DROPPED_STROKE = "#e03131", "#a51111"   # a saturated red, the lesson's "red cells"
 FACTOR_MIN, FACTOR_MAX, FACTOR_STEP = 0.25, 3.0, 0.25
 
 
@@ -235,7 +235,7 @@ def token_expert_svg(state: CapacityState, cell: int = 22) -> str:
             parts.append(f'<rect data-token="{token}" data-expert="{expert}" data-slot="{slot}" '
                          f'data-kept="{str(kept).lower()}" x="{x}" y="{y}" width="{cell}" height="{cell}" '
                          f'fill="{fill}" stroke="{stroke}"/>')
-            label, colour = (f"{slot + 1}", "black") if kept else (f"{slot + 1}&#10007;", DROPPED_STROKE)
+            label, colour = (f"{slot + 1}", "black") if kept else (f"{slot + 1}&#10007;", "white")
             parts.append(f'<text x="{x + cell / 2}" y="{y + cell * 0.7}" text-anchor="middle" '
                          f'fill="{colour}" font-weight="{"normal" if kept else "bold"}">{label}</text>')
         if lost:

@@ -83,6 +83,13 @@ def sparse_mask_not_exactly_zero(x, router_weight, experts, k):
     return (dense.unsqueeze(-1) * torch.stack([expert(x) for expert in experts], dim=1)).sum(1)
 
 
+def sparse_mask_and_compute_all(x, router_weight, experts, k):
+    """Right values and gradients: every expert runs on every token, unchosen ones weighted by exactly 0."""
+    weights, indices = _route(x, router_weight, k)
+    dense = torch.zeros(x.shape[0], len(experts)).scatter(1, indices, weights)
+    return (dense.unsqueeze(-1) * torch.stack([expert(x) for expert in experts], dim=1)).sum(1)
+
+
 def sparse_not_renormalised(x, router_weight, experts, k):
     weights, indices = torch.softmax(x @ router_weight.T, dim=-1).topk(k, dim=-1)
     outputs = torch.stack([expert(x) for expert in experts], dim=1)
@@ -122,5 +129,6 @@ MISTAKES = {
                            ("gradient_leak", sparse_mask_not_exactly_zero),
                            ("not_renormalised", sparse_not_renormalised),
                            ("first_choice_only", sparse_first_choice_only),
-                           ("wrong_values", sparse_with_temperature)],
+                           ("wrong_values", sparse_with_temperature),
+                           ("computes_unchosen", sparse_mask_and_compute_all)],
 }

@@ -85,6 +85,12 @@ def switch_loss_scaled(probs, expert_indices):
     return 1.7 * moe_teach.switch_load_balancing_loss(probs, expert_indices)
 
 
+def switch_loss_f_from_probabilities(probs, expert_indices):
+    """f_i taken from the probabilities as well: E * sum(P_i^2) (a learner's version)."""
+    mean_probs = probs.mean(dim=0)
+    return probs.shape[-1] * (mean_probs * mean_probs).sum()
+
+
 def z_loss_missing_square(logits):
     return torch.logsumexp(logits, dim=-1).mean()
 
@@ -126,6 +132,49 @@ def z_loss_scaled(logits):
     return 1.7 * torch.logsumexp(logits, dim=-1).square().mean()
 
 
+def _load(expert_indices, num_experts):
+    return torch.bincount(expert_indices.reshape(-1), minlength=num_experts).float()
+
+
+def bias_towards_busy_experts(bias, expert_indices, rate):
+    load = _load(expert_indices, bias.shape[0])
+    return bias + rate * torch.sign(load - load.mean())
+
+
+def bias_proportional_step(bias, expert_indices, rate):
+    load = _load(expert_indices, bias.shape[0])
+    return bias + rate * (load.mean() - load)
+
+
+def bias_first_choice_load(bias, expert_indices, rate):
+    load = _load(expert_indices[:, 0], bias.shape[0])
+    return bias + rate * torch.sign(load.mean() - load)
+
+
+def bias_step_only(bias, expert_indices, rate):
+    load = _load(expert_indices, bias.shape[0])
+    return rate * torch.sign(load.mean() - load)
+
+
+def bias_moves_experts_at_the_mean(bias, expert_indices, rate):
+    """Every expert moves: up unless over the mean (a where instead of a sign)."""
+    load = _load(expert_indices, bias.shape[0])
+    return bias + rate * torch.where(load > load.mean(), -1.0, 1.0)
+
+
+def bias_updated_in_place(bias, expert_indices, rate):
+    """Right values, torchtitan-style in place: the caller's bias changes."""
+    load = _load(expert_indices, bias.shape[0])
+    bias += rate * torch.sign(load.mean() - load)
+    return bias
+
+
+def bias_half_rate(bias, expert_indices, rate):
+    """No named diagnosis: gets the generic hint."""
+    load = _load(expert_indices, bias.shape[0])
+    return bias + 0.5 * rate * torch.sign(load.mean() - load)
+
+
 MISTAKES = {
     "switch_aux_loss": [("f_not_divided_by_k", switch_loss_f_not_divided_by_k),
                         ("p_from_topk", switch_loss_p_from_topk),
@@ -136,9 +185,14 @@ MISTAKES = {
                         ("first_choice_only", switch_loss_f_from_argmax),
                         ("wrong_values", switch_loss_scaled), ("wrong_values", switch_loss_p_summed),
                         ("wrong_values", switch_loss_p_median), ("wrong_values", switch_loss_squared_counts),
-                        ("wrong_values", switch_loss_pairs_reversed)],
+                        ("wrong_values", switch_loss_pairs_reversed),
+                        ("f_from_probabilities", switch_loss_f_from_probabilities)],
     "router_z_loss": [("missing_square", z_loss_missing_square), ("max_not_logsumexp", z_loss_max),
                       ("sum_not_mean", z_loss_summed), ("wrong_dim", z_loss_wrong_dim),
                       ("squared_mean", z_loss_squared_mean), ("overflow", z_loss_unstable),
                       ("wrong_values", z_loss_scaled), ("wrong_values", z_loss_halved_logits)],
+    "bias_update": [("direction_inverted", bias_towards_busy_experts), ("no_sign", bias_proportional_step),
+                    ("first_choice_only", bias_first_choice_load), ("replaced_bias", bias_step_only),
+                    ("moved_balanced_expert", bias_moves_experts_at_the_mean),
+                    ("mutated_input", bias_updated_in_place), ("wrong_values", bias_half_rate)],
 }

@@ -32,6 +32,17 @@ def block_residual_from_normed(block, x):
     return h + block.feed_forward(h)
 
 
+def block_residual_added_twice(block, x):
+    """The residual added twice: the feed-forward step adds x to a stream that already holds it."""
+    h = x + block.attention(block.norm1(x))
+    return x + h + block.feed_forward(block.norm2(h))
+
+
+def block_attention_residual_twice(block, x):
+    x = x + (x + block.attention(block.norm1(x)))
+    return x + block.feed_forward(block.norm2(x))
+
+
 def block_doubled_feed_forward(block, x):
     """No named diagnosis: gets the generic hint."""
     x = x + block.attention(block.norm1(x))
@@ -77,13 +88,33 @@ def aux_scaled(model, balance_coef, z_coef):
                      + z_coef * layer.last_record.aux_losses["z"] for layer in moe_teach.moe_layers(model))
 
 
+def aux_python_zero_without_moe(model, balance_coef, z_coef):
+    """Right for models with MoE layers; for a model without any, sum() of nothing is the int 0."""
+    return sum(balance_coef * layer.last_record.aux_losses["switch"] + z_coef * layer.last_record.aux_losses["z"]
+               for layer in moe_teach.moe_layers(model))
+
+
+def aux_scales_router_weights(model, balance_coef, z_coef):
+    """Right total, but it 'regularises' the routers by shrinking their weights in place on the way."""
+    total = torch.zeros(())
+    for layer in moe_teach.moe_layers(model):
+        with torch.no_grad():
+            layer.router.proj.weight.mul_(0.5)
+        aux = layer.last_record.aux_losses
+        total = total + balance_coef * aux["switch"] + z_coef * aux["z"]
+    return total
+
+
 MISTAKES = {
     "block_forward": [("post_norm", block_post_norm), ("missing_residual", block_missing_residual),
                       ("missing_norm", block_ffn_without_norm), ("called_block", block_calls_itself),
                       ("wrong_norm", block_norm1_twice), ("residual_from_norm", block_residual_from_normed),
-                      ("wrong_values", block_doubled_feed_forward)],
+                      ("wrong_values", block_doubled_feed_forward),
+                      ("residual_twice", block_residual_added_twice),
+                      ("residual_twice", block_attention_residual_twice)],
     "total_aux_loss": [("one_layer_only", aux_last_layer_only),
                        ("balance_coef_unused", aux_balance_coef_unused),
                        ("averaged", aux_averaged), ("detached", aux_item), ("raised", aux_every_block),
-                       ("wrong_values", aux_scaled)],
+                       ("wrong_values", aux_scaled), ("no_moe_layers", aux_python_zero_without_moe),
+                       ("mutated_input", aux_scales_router_weights)],
 }

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import inspect
 import json
 import math
 import sys
@@ -156,10 +157,59 @@ def _seeded(seed: int):
         yield
 
 
-def _call(fn, *args):
-    """Call the learner's function; turn its exceptions into verdicts."""
+def _snapshot(args) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """``(name, tensor, copy)`` for every tensor the learner's function receives (module weights too)."""
+    taken = []
+    for position, value in enumerate(args):
+        name = f"argument {position + 1}"
+        if isinstance(value, torch.Tensor):
+            taken.append((name, value, value.detach().clone()))
+        elif isinstance(value, nn.Module) or (isinstance(value, (list, tuple)) and value
+                                              and all(isinstance(v, nn.Module) for v in value)):
+            modules = value if isinstance(value, (list, tuple)) else [value]
+            for module in modules:
+                for tensor in module.state_dict(keep_vars=True).values():
+                    taken.append((f"the weights in {name}", tensor, tensor.detach().clone()))
+    return taken
+
+
+def _names(fn, count: int) -> list[str]:
+    """The learner's own parameter names, so a message can say `expert_weights` instead of a number."""
     try:
-        return fn(*args)
+        params = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return []
+    return params[:count]
+
+
+def _unchanged(now: torch.Tensor, before: torch.Tensor) -> bool:
+    if now.shape != before.shape or now.dtype != before.dtype:
+        return False
+    return torch.equal(now, before) or (now.is_floating_point() and torch.allclose(now, before, rtol=0, atol=0,
+                                                                                   equal_nan=True))
+
+
+def _check_unchanged(fn, args, taken) -> None:
+    names = _names(fn, len(args))
+    for name, tensor, copy in taken:
+        if _unchanged(tensor.detach(), copy):
+            continue
+        for position, own in enumerate(names):
+            name = name.replace(f"argument {position + 1}", f"`{own}`")
+        raise Mistake("mutated_input", f"your function changed its input ({name}) in place",
+                      "Leave the caller's tensors as they are: an operation ending in an underscore "
+                      "(mul_, zero_, masked_fill_), an augmented assignment such as *= on a tensor "
+                      "argument, or writing into a slice changes the caller's tensor. Compute a new "
+                      "tensor instead (or work on a .clone()).")
+
+
+def _call(fn, *args):
+    """Call the learner's function; turn its exceptions into verdicts; refuse changed inputs."""
+    taken = _snapshot(args)
+    try:
+        result = fn(*args)
+        _check_unchanged(fn, args, taken)
+        return result
     except NotImplementedError:
         raise _NotDone from None
     except Mistake:

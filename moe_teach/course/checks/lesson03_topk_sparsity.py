@@ -155,6 +155,20 @@ def _check_switch_routing(fn):
                           "Compute the weight from the logits with torch operations (no .detach()).")
 
 
+def _count_expert_rows(experts) -> list[int]:
+    """A list that counts, per expert, the token rows its forward pass receives from now on."""
+    rows = [0] * len(experts)
+
+    def counter(e):
+        def hook(module, inputs):
+            rows[e] += inputs[0].reshape(-1, inputs[0].shape[-1]).shape[0]
+        return hook
+
+    for e, expert in enumerate(experts):
+        expert.register_forward_pre_hook(counter(e))
+    return rows
+
+
 def _check_sparse_moe_forward(fn):
     messages = {
         "dense_mixture": ("every expert contributes to every token: this is the soft mixture, not top-k",
@@ -177,6 +191,7 @@ def _check_sparse_moe_forward(fn):
         with torch.no_grad():
             expected = dispatch_grouped(x, experts, indices, weights)
         router_weight = router_weight.clone().requires_grad_(True)
+        rows_seen = _count_expert_rows(experts)
         out = _call(fn, x.clone(), router_weight, experts, k)
         _expect_tensor(out, expected.shape, "The output is [tokens, output_dim].")
         if not _close(out, expected):
@@ -205,6 +220,17 @@ def _check_sparse_moe_forward(fn):
         if not _has_grad(router_weight):
             raise Mistake("router_no_grad", "the router weight gets no gradient from your output",
                           "Keep the routing weights connected to router_weight (no .detach()).")
+        chosen_by = torch.bincount(indices.reshape(-1), minlength=num_experts).tolist()
+        extra = [e for e in range(num_experts) if rows_seen[e] > chosen_by[e]]
+        if extra:
+            e = extra[0]
+            raise Mistake("computes_unchosen",
+                          f"expert {e} ran on {rows_seen[e]} token rows but only {chosen_by[e]} tokens chose "
+                          f"it: your layer computes experts for tokens that did not choose them",
+                          "The output is right, but a sparse layer saves compute only if it never runs an "
+                          "expert on a token that did not choose it (multiplying by a zero weight "
+                          "afterwards still pays for the computation). Give each expert only the rows of "
+                          "its own tokens.")
 
 
 register("03_topk_sparsity", {

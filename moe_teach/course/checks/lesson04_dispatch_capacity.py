@@ -9,7 +9,7 @@ import torch
 from ...dispatch import dispatch_grouped
 from ...experts import make_experts
 from ...routing import apply_capacity, expert_capacity, topk_softmax
-from .core import Mistake, _call, _close, _diagnose, _expect_tensor, _max_diff, _seeded, register
+from .core import Mistake, _backward, _call, _close, _diagnose, _expect_tensor, _max_diff, _seeded, register
 
 
 def _check_capacity_per_expert(fn):
@@ -90,7 +90,11 @@ def _check_keep_mask(fn):
             if out.is_floating_point() or not bool(((out == 0) | (out == 1)).all()):
                 raise Mistake("not_bool", f"the mask should be True/False, got dtype {out.dtype}",
                               "A comparison such as position < capacity gives a bool tensor.")
-            out = out.bool()
+            raise Mistake("int_mask", f"your mask holds 0 and 1 as {out.dtype}, not True and False",
+                          "The task asks for a bool mask because it is used to index: x[mask] with a bool "
+                          "mask keeps the True rows, but with an integer 0/1 tensor it picks rows 0 and 1. "
+                          "A comparison such as position < capacity already gives a bool tensor; drop the "
+                          "conversion to a number.")
         expected = apply_capacity(indices, num_experts, capacity)
         if torch.equal(out, expected):
             continue
@@ -178,8 +182,100 @@ def _check_dispatch_with_capacity(fn):
             "weight; a dropped slot adds nothing."))
 
 
+def _sorted_variant(x, experts, indices, weights, token_of="divide", sort_weights=True, unsort=True,
+                    weighted=True):
+    """The sort-based dispatch, right by default; each flag reproduces one common mistake."""
+    num_tokens, k = indices.shape
+    flat = indices.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=len(experts)).tolist()
+    tokens = order // k if token_of == "divide" else (order % k) % num_tokens
+    sorted_y = torch.cat([expert(chunk) for expert, chunk in zip(experts, x[tokens].split(counts))])
+    if weighted:
+        sorted_y = sorted_y * (weights.reshape(-1)[order] if sort_weights else weights.reshape(-1))[:, None]
+    per_slot = torch.zeros_like(sorted_y).index_copy(0, order, sorted_y) if unsort else sorted_y
+    return per_slot.view(num_tokens, k, -1).sum(1)
+
+
+def _count_calls(experts) -> tuple[list[int], list[int]]:
+    """Two lists filled from now on: per expert, how many times it ran and on how many rows in all."""
+    calls, rows = [0] * len(experts), [0] * len(experts)
+
+    def counter(e):
+        def hook(module, inputs):
+            calls[e] += 1
+            rows[e] += inputs[0].reshape(-1, inputs[0].shape[-1]).shape[0]
+        return hook
+
+    for e, expert in enumerate(experts):
+        expert.register_forward_pre_hook(counter(e))
+    return calls, rows
+
+
+def _check_sorted_dispatch(fn):
+    messages = {
+        "unweighted": ("the experts' outputs are added without their routing weights",
+                       "Scale each sorted row by the weight of its own assignment before putting it back."),
+        "weights_not_sorted": ("the weights are applied in the original assignment order to rows that are "
+                               "in expert order",
+                               "The rows were reordered by the sort: reorder the flat weights the same way "
+                               "(with the same permutation) before multiplying."),
+        "not_unsorted": ("the results were summed in expert order: they were never put back to the "
+                         "assignments they came from",
+                         "Undo the permutation before summing over the k slots: the row at sorted position "
+                         "i belongs to assignment order[i] (index_copy or scatter puts it there)."),
+        "wrong_token": ("each sorted assignment reads the wrong token's row",
+                        "Assignments are numbered token by token, k per token, in the flat [T * k] list: "
+                        "integer division of the assignment number by k gives its token (the remainder is "
+                        "its slot)."),
+    }
+    cases = [(12, 4, 4, 2, 3), (7, 3, 5, 1, 3), (1, 4, 3, 3, 2), (9, 4, 6, 3, 4)]   # (T, dim, E, k, out)
+    for seed, (tokens, dim, num_experts, k, out_dim) in enumerate(cases):
+        with _seeded(130 + seed):
+            x = torch.randn(tokens, dim)
+            experts = make_experts(num_experts, dim, 8, out_dim)
+            _, weights, indices = topk_softmax(torch.randn(tokens, num_experts), k)
+        with torch.no_grad():
+            expected = dispatch_grouped(x, experts, indices, weights)
+            candidates = {
+                "unweighted": _sorted_variant(x, experts, indices, weights, weighted=False),
+                "weights_not_sorted": _sorted_variant(x, experts, indices, weights, sort_weights=False),
+                "not_unsorted": _sorted_variant(x, experts, indices, weights, unsort=False),
+                "wrong_token": _sorted_variant(x, experts, indices, weights, token_of="modulo"),
+            }
+        calls, rows = _count_calls(experts)
+        grad_weights = weights.clone().requires_grad_(True)
+        out = _call(fn, x.clone(), experts, indices.clone(), grad_weights)
+        _expect_tensor(out, expected.shape, "The output is [tokens, output_dim].")
+        if not _close(out, expected):
+            _diagnose(out, candidates, messages, (
+                "wrong_values", (f"the shape is right but the values differ from the reference dispatch "
+                                f"(largest difference {_max_diff(out, expected):.3g})"),
+                "Follow one assignment through: its position after the sort, the token row it reads, the "
+                "expert slice it falls in, its weight, and where it goes back before the sum over k."))
+        counts = torch.bincount(indices.reshape(-1), minlength=num_experts).tolist()
+        extra = [e for e in range(num_experts) if rows[e] > counts[e]]
+        if extra:
+            e = extra[0]
+            raise Mistake("computes_unchosen",
+                          f"expert {e} ran on {rows[e]} rows but only {counts[e]} assignments chose it",
+                          "Each expert runs only on its own slice of the sorted rows.")
+        repeated = [e for e in range(num_experts) if calls[e] > 1]
+        if repeated:
+            e = repeated[0]
+            raise Mistake("not_grouped",
+                          f"expert {e} was called {calls[e]} times: the rows of one expert were not kept together",
+                          "The point of sorting is one contiguous slice per expert: split the sorted rows by "
+                          "the per-expert counts and call each expert once, on its whole slice.")
+        _backward(out, "the routing weights")
+        if grad_weights.grad is None or not bool((grad_weights.grad != 0).any()):
+            raise Mistake("no_gradient", "no gradient reaches the routing weights",
+                          "Multiply by the weights with torch operations (no .detach() or .tolist()).")
+
+
 register("04_dispatch_capacity", {
     "capacity_per_expert": _check_capacity_per_expert,
     "keep_mask": _check_keep_mask,
     "dispatch_with_capacity": _check_dispatch_with_capacity,
+    "sorted_dispatch": _check_sorted_dispatch,
 })

@@ -15,8 +15,10 @@ from .core import (
     _close,
     _diagnose,
     _expect_scalar,
+    _expect_tensor,
     _has_grad,
     _how_far,
+    _max_diff,
     _seeded,
     register,
 )
@@ -57,6 +59,7 @@ def _switch_candidates(probs: torch.Tensor, indices: torch.Tensor, expected: tor
         "first_choice_only": num_experts * (first_counts / tokens * probs.mean(0)).sum(),
         "p_divided_by_k": expected / k,
         "counts_not_fractions": expected * tokens * k,
+        "f_from_probabilities": num_experts * probs.mean(0).square().sum(),
     }
     if k == 1:  # at k = 1 these mistakes change nothing
         for key in ("f_not_divided_by_k", "p_divided_by_k", "first_choice_only", "p_from_topk_weights"):
@@ -138,6 +141,11 @@ def _check_switch_aux_loss(fn):
                            "P_i is a plain mean over tokens of probs[:, i]."),
         "counts_not_fractions": ("you used raw counts for f_i instead of fractions",
                                  "Divide the counts by tokens * k."),
+        "f_from_probabilities": (("your f_i are the mean probabilities P_i again, so your loss is E times "
+                                  "the sum of the squared P_i"),
+                                 "f_i must count the chosen experts: the fraction of all tokens * k "
+                                 "assignments (the entries of expert_indices) that went to expert i. It is "
+                                 "a count, with no gradient; only P_i carries the gradient."),
     }
     for case_number, (probs, indices) in enumerate(_switch_cases()):
         expected = switch_load_balancing_loss(probs, indices)
@@ -228,7 +236,71 @@ def _check_router_z_loss(fn):
                           "largest logit before exp and add it back after the log.")
 
 
+def _bias_cases() -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+    """(bias [E], expert_indices [T, k], rate): skewed top-2, top-1 with an expert at the mean load and
+    an unchosen last expert, top-3."""
+    cases = []
+    with _seeded(140):
+        skewed = torch.randn(12, 6) + torch.linspace(2.0, -2.0, 6)
+        cases.append((0.1 * torch.randn(6), skewed.topk(2, dim=-1).indices, 0.01))
+    # loads [3, 2, 1, 2], mean 2: experts 1 and 3 sit exactly at the mean and must not move
+    cases.append((torch.tensor([0.05, -0.02, 0.0, 0.01]), torch.tensor([[0], [0], [0], [1], [1], [2], [3], [3]]),
+                  0.001))
+    cases.append((torch.zeros(5), torch.tensor([[0, 1, 2], [0, 1, 3], [0, 2, 1], [1, 0, 2]]), 0.05))
+    return cases
+
+
+def _check_bias_update(fn):
+    messages = {
+        "direction_inverted": ("the bias of an over-loaded expert went up: the update pushes towards the busy "
+                               "experts", "The bias should make an over-loaded expert less attractive: "
+                               "its bias goes down, an under-loaded expert's goes up."),
+        "no_sign": ("the change is proportional to how far each load is from the mean, not a fixed step",
+                    "DeepSeek-V3's rule moves every bias by the same amount, rate, up or down: take the "
+                    "sign of the load's difference from the mean."),
+        "first_choice_only": ("your loads count only each token's first choice",
+                              "Every one of a token's k assignments loads its expert: count all columns of "
+                              "expert_indices."),
+        "rate_unused": ("the bias moved by 1 instead of by rate", "Scale the step by rate."),
+        "replaced_bias": ("your result is the step alone: the old bias was not added",
+                          "Return the old bias plus the step, so the bias accumulates over steps."),
+        "moved_balanced_expert": ("an expert whose load is exactly the mean was moved",
+                                  "An expert at the mean load keeps its bias: the sign of zero is zero."),
+    }
+    for bias, indices, rate in _bias_cases():
+        num_experts = bias.shape[0]
+        load = torch.bincount(indices.reshape(-1), minlength=num_experts).float()
+        direction = torch.sign(load.mean() - load)
+        expected = bias + rate * direction
+        out = _call(fn, bias.clone(), indices.clone(), rate)
+        _expect_tensor(out, bias.shape, "The new bias has one entry per expert, like the old one: [E].")
+        if not out.is_floating_point():
+            raise Mistake("not_float", f"the new bias should be a float tensor, got {out.dtype}",
+                          "Count the loads, then compare them as floats (the mean of integers is a float).")
+        if _close(out, expected):
+            continue
+        first_load = torch.bincount(indices[:, 0], minlength=num_experts).float()
+        candidates = {
+            "direction_inverted": bias - rate * direction,
+            "no_sign": bias + rate * (load.mean() - load),
+            "first_choice_only": bias + rate * torch.sign(first_load.mean() - first_load),
+            "rate_unused": bias + direction,
+            "replaced_bias": rate * direction,
+            "moved_balanced_expert": [bias + rate * torch.where(load > load.mean(), -1.0, 1.0),
+                                      bias + rate * torch.where(load < load.mean(), 1.0, -1.0)],
+        }
+        if indices.shape[1] == 1:
+            del candidates["first_choice_only"]
+        if not bool((load == load.mean()).any()):
+            del candidates["moved_balanced_expert"]
+        _diagnose(out, candidates, messages, (
+            "wrong_values", f"the new bias differs from the rule's by up to {_max_diff(out, expected):.3g}",
+            "Check the pieces one at a time: each expert's load (its assignments, over all k columns), "
+            "the mean load, the direction (up for under-loaded experts), and a step of exactly rate."))
+
+
 register("05_load_balancing", {
     "switch_aux_loss": _check_switch_aux_loss,
     "router_z_loss": _check_router_z_loss,
+    "bias_update": _check_bias_update,
 })

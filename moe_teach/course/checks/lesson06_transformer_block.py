@@ -45,6 +45,11 @@ def _check_block_forward(fn):
         "wrong_norm": ("the feed-forward reads the stream through norm1 instead of its own norm",
                        "Each sub-layer has its own norm: norm1 belongs to attention, norm2 to the "
                        "feed-forward."),
+        "residual_twice": ("the residual stream is added twice: your output counts the input of a "
+                           "sub-layer two times",
+                           "Each sub-layer's output is added to the stream exactly once, and the stream "
+                           "itself appears once in that sum: if you write x plus something, check that "
+                           "the something does not already contain x."),
         "residual_from_norm": ("the residual adds a sub-layer's output to the normalised stream",
                                "Only what a sub-layer reads is normalised; its output is added back to "
                                "the stream as it was before the norm."),
@@ -71,6 +76,11 @@ def _check_block_forward(fn):
                 "parallel_block": x + block.attention(block.norm1(x)) + block.feed_forward(block.norm2(x)),
                 "wrong_norm": h + block.feed_forward(block.norm1(h)),
             }
+            attended = block.attention(block.norm1(x))
+            doubled_h = 2 * x + attended
+            candidates["residual_twice"] = [doubled_h + block.feed_forward(block.norm2(doubled_h)),
+                                            2 * h + block.feed_forward(block.norm2(h)),
+                                            x + h + block.feed_forward(block.norm2(h))]
             normed = block.norm1(x) + block.attention(block.norm1(x))
             candidates["residual_from_norm"] = block.norm2(normed) + block.feed_forward(block.norm2(normed))
         block.forward = _forbidden_forward
@@ -98,7 +108,7 @@ def _check_total_aux_loss(fn):
     }
     balance_coef, z_coef = 0.01, 0.001
     dense = dict(_BLOCK_CONFIG, moe=None)
-    for seed, configs in enumerate([[_BLOCK_CONFIG] * 3, [_BLOCK_CONFIG, dense, _BLOCK_CONFIG]]):
+    for seed, configs in enumerate([[_BLOCK_CONFIG] * 3, [_BLOCK_CONFIG, dense, _BLOCK_CONFIG], [dense] * 2]):
         with _seeded(120 + seed):
             model = nn.Sequential(*[TransformerBlock(BlockConfig(**c)) for c in configs])
             model(torch.randn(2, 6, _BLOCK_CONFIG["dim"]))
@@ -106,7 +116,15 @@ def _check_total_aux_loss(fn):
         switch = [float(a["switch"].detach()) for a in layers]
         z = [float(a["z"].detach()) for a in layers]
         expected = torch.tensor(balance_coef * sum(switch) + z_coef * sum(z))
-        loss = _expect_scalar(_call(fn, model, balance_coef, z_coef))
+        loss = _call(fn, model, balance_coef, z_coef)
+        if not layers and not isinstance(loss, torch.Tensor):
+            raise Mistake("no_moe_layers",
+                          f"for a model without MoE layers your total is {loss!r} ({type(loss).__name__}), "
+                          "not a tensor",
+                          "The task asks for a scalar tensor in every case, so that the training loop can "
+                          "add it, call .item() on it and log it the same way for every model: start the "
+                          "sum from a zero tensor (torch.zeros(())) rather than from the number 0.")
+        loss = _expect_scalar(loss)
         if not _close(loss, expected):
             candidates = {
                 "one_layer_only": [torch.tensor(balance_coef * s + z_coef * zz) for s, zz in zip(switch, z)],
@@ -119,7 +137,7 @@ def _check_total_aux_loss(fn):
                 "wrong_values", f"your total is {loss.item():.4g}, {_how_far(loss, expected)}",
                 "Check each piece: every MoE layer counts once, each coefficient goes with its own "
                 "loss, and the layers' contributions are added up."))
-        if not loss.requires_grad:
+        if layers and not loss.requires_grad:
             raise Mistake("detached",
                           "your total is detached from the model: backward would not reach the routers",
                           "Add the loss tensors themselves; don't call .item() or float() on them.")
