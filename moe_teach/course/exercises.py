@@ -43,8 +43,10 @@ def read_notebook(path) -> nbformat.NotebookNode:
         nbformat.validate(notebook)
     except FileNotFoundError:
         raise NotebookReadError(f"cannot read {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise NotebookReadError(f"cannot read {path}: {getattr(error, 'strerror', None) or error}") from None
+    except UnicodeDecodeError:
+        raise NotebookReadError(f"{path} is not a Jupyter notebook: not UTF-8 text") from None
+    except OSError as error:
+        raise NotebookReadError(f"cannot read {path}: {error.strerror or error}") from None
     except Exception as error:  # noqa: BLE001 - nbformat raises many kinds (JSON, schema, conversion)
         text = str(error).strip().split("\n")[0][:200]
         raise NotebookReadError(f"{path} is not a Jupyter notebook: {text}") from None
