@@ -1,31 +1,42 @@
 """``moe-teach check NOTEBOOK``: run a learner's exercise notebook headless and print a scorecard.
 
-Grading has two steps, so that nothing the notebook does can write its own verdict:
+Grading has two steps, so that no verdict the notebook itself prints or records counts:
 
 1. The notebook runs top to bottom as the learner wrote it, with nbclient (kernel ``python3``,
-   working directory = the notebook's folder, a time limit per cell; cells that raise do not stop
-   the run). This step only finds the cells that raise. Verdicts the notebook's own ``check(...)``
-   calls show or record there are not read.
+   working directory = the notebook's folder, ``--timeout`` seconds per cell; cells that raise do
+   not stop the run). This step only finds the cells that raise. In this run ``check(...)`` only
+   validates its arguments (so no check runs twice) and returns "not done yet"; nothing the
+   kernel prints or records is read.
 2. The tasks come from the matching solution notebook (``solutions/NN_name.ipynb``, found by file
    name, else by the lesson number ``NN_``): each of its ``check("task", function)`` calls is one
-   task. After the kernel has been shut down, a fresh Python process that the notebook never
-   touched receives the definitions the task functions need, read from the notebook's code
-   cells (top-level ``import``, ``def``, ``class`` and ``name = value`` lines, only those the task
-   functions use, their last version in the notebook), and nothing else: no ``check(...)`` call,
-   no experiment, no print. It runs the real checker of each task under a time limit per check
-   and reports each verdict on a channel of its own (a copy of its stdout, which the learner's
-   prints no longer reach). A task function that is missing is "not run"; one that hangs, kills
-   its process or garbles the report fails, and the remaining tasks are checked in a new process.
+   task, whatever the learner's notebook calls, deletes or comments out. Once the kernel and
+   every process it started have been ended, a fresh Python process receives the definitions
+   the task functions need, read from the notebook file's code cells: the top-level ``import``,
+   ``def``, ``class`` and ``name = value`` lines that the task functions use (directly or through
+   each other), in notebook order, so the last version of each counts. Nothing else of the
+   notebook runs there: no ``check(...)`` call, no experiment, no print. That process runs each
+   task's checker with ``--check-timeout`` seconds per check and sends each verdict on a channel
+   of its own (a copy of its stdout, which prints no longer reach), every line keyed with a
+   secret that it read from the grader before the notebook ran. A task function that is missing
+   is "not run"; one that hangs beyond the limit, ends its process or garbles the report fails,
+   and the remaining tasks are checked in a new process. (The check process is started while
+   the notebook runs, to import torch meanwhile; if anything wrote to it or ended it before it
+   got its job, a new one does the checks.)
 
-Every process the grading run started is ended when it finishes, also ones the notebook's code
-spawned and detached (on Linux, where the grader becomes their subreaper and also ends
-processes that still carry the run's environment tag; elsewhere, the kernel's and the check
-process's process groups).
+Every process the grading run started is ended when it finishes, also ones the notebook or a
+task function spawned and detached: on Linux the grader is their subreaper and ends every new
+descendant, and also every process that still carries the run's tag in its environment;
+elsewhere it ends the kernel's and the check processes' process groups.
+
+What grading does not protect against: the learner's code runs with the grader's permissions,
+so code written to attack the grader itself (a task function that patches the checker while
+it is being checked, reads the secret from its own process's memory, or edits the installed
+package or ``solutions/``) can still forge a verdict.
 
 Exit status: 0 whatever the score; 1 if a cell raised an error, or with ``--strict`` if any
 task is not done; 2 if the notebook could not be read or executed (missing file, not a
 notebook, no matching solution notebook, unknown kernel, kernel died, a cell ran past the
-time limit).
+time limit), or an option has a bad value.
 """
 
 from __future__ import annotations
@@ -464,8 +475,11 @@ class CheckProcess:
     def __init__(self, cwd, sweeper: ProcessSweeper):
         self._secret = secrets.token_hex(16)
         self._errors = tempfile.TemporaryFile()
+        package_root = str(Path(__file__).resolve().parents[2])   # this moe_teach, installed or not
+        python_path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
         self.process = subprocess.Popen([sys.executable, "-c", _CHECK_PROCESS_CODE], cwd=str(cwd),
-                                        env=sweeper.environment(MPLBACKEND="Agg"), stdin=subprocess.PIPE,
+                                        env=sweeper.environment(MPLBACKEND="Agg", PYTHONPATH=python_path),
+                                        stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=self._errors, start_new_session=True)
         self._lines: queue.Queue = queue.Queue()
         threading.Thread(target=_read_lines, args=(self.process.stdout, self._lines), daemon=True).start()
