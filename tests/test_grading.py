@@ -153,8 +153,8 @@ FORGE_FROM_INSIDE = '''def swiglu_expert(x, gate_weight, up_weight, down_weight)
 def test_a_task_function_cannot_report_its_own_verdict(tmp_path):
     notebook = solution_notebook()
     replace_cell(notebook, "swiglu-expert-code", FORGE_FROM_INSIDE)
-    with grading.ProcessSweeper() as sweeper:
-        scores = grading.check_tasks(notebook, expert_specs(), tmp_path, 20, sweeper)
+    with grading._ProcessSweeper() as sweeper:
+        scores = grading._check_tasks(notebook, expert_specs(), tmp_path, 20, sweeper)
     assert [s.task for s in scores] == EXPERT_TASKS
     assert [s.status for s in scores] == [DONE, FAILED, DONE]
     assert scores[1].key == "check_process" and "garbled" in scores[1].message
@@ -170,8 +170,8 @@ def test_a_function_that_ends_or_stalls_its_check_process_fails_and_the_rest_are
                  "import signal\n\ndef swiglu_expert(*args):\n"
                  "    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})\n    while True:\n        pass")
     start = time.monotonic()
-    with grading.ProcessSweeper() as sweeper:
-        scores = grading.check_tasks(notebook, expert_specs(), tmp_path, 1, sweeper)
+    with grading._ProcessSweeper() as sweeper:
+        scores = grading._check_tasks(notebook, expert_specs(), tmp_path, 1, sweeper)
     assert [s.status for s in scores] == [FAILED, FAILED, DONE]
     assert "ended the check process" in scores[0].message
     assert "did not finish in time" in scores[1].message
@@ -181,8 +181,8 @@ def test_a_function_that_ends_or_stalls_its_check_process_fails_and_the_rest_are
 def test_a_function_that_loops_forever_fails_with_the_time_limit(tmp_path):
     notebook = solution_notebook()
     replace_cell(notebook, "relu-expert-code", "def relu_expert(*args):\n    while True:\n        pass")
-    with grading.ProcessSweeper() as sweeper:
-        scores = grading.check_tasks(notebook, expert_specs()[:1], tmp_path, 1, sweeper)
+    with grading._ProcessSweeper() as sweeper:
+        scores = grading._check_tasks(notebook, expert_specs()[:1], tmp_path, 1, sweeper)
     assert (scores[0].status, scores[0].key) == (FAILED, "time_limit")
     assert "1 s" in scores[0].message
 
@@ -191,8 +191,8 @@ def test_a_missing_or_misnamed_task_function_is_not_run_and_others_are_checked(t
     notebook = solution_notebook()
     replace_cell(notebook, "relu-expert-code", "def my_relu(*args):\n    return 0")
     replace_cell(notebook, "swiglu-expert-code", "swiglu_expert = 3")
-    with grading.ProcessSweeper() as sweeper:
-        scores = grading.check_tasks(notebook, expert_specs(), tmp_path, 20, sweeper)
+    with grading._ProcessSweeper() as sweeper:
+        scores = grading._check_tasks(notebook, expert_specs(), tmp_path, 20, sweeper)
     assert [s.status for s in scores] == [grading.NOT_RUN, FAILED, DONE]
     assert "defines no relu_expert" in scores[0].message and scores[1].key == "not_a_function"
 
@@ -214,8 +214,8 @@ def test_processes_a_task_function_starts_are_ended(tmp_path):
     notebook = solution_notebook()
     body = daemon_code(pid_file).replace("\n", "\n    ")
     replace_cell(notebook, "relu-expert-code", f"def relu_expert(*args):\n    {body}\n    raise NotImplementedError")
-    with grading.ProcessSweeper() as sweeper:
-        scores = grading.check_tasks(notebook, expert_specs()[:1], tmp_path, 20, sweeper)
+    with grading._ProcessSweeper() as sweeper:
+        scores = grading._check_tasks(notebook, expert_specs()[:1], tmp_path, 20, sweeper)
     assert scores[0].status == NOT_DONE
     assert wait_gone(int(pid_file.read_text()))
 
@@ -225,14 +225,14 @@ def test_a_check_process_written_to_before_its_job_is_replaced(tmp_path):
     """What the notebook's code could do to the check process started while it runs."""
     notebook = solution_notebook()
     replace_cell(notebook, "relu-expert-code", "def relu_expert(*args):\n    raise NotImplementedError")
-    with grading.ProcessSweeper() as sweeper:
-        early = grading.CheckProcess(tmp_path, sweeper)
+    with grading._ProcessSweeper() as sweeper:
+        early = grading._CheckProcess(tmp_path, sweeper)
         fake = {"secret": "a guess", "task": "relu_expert", "status": DONE, "message": "", "hint": "", "key": ""}
         for fd in ("0", "1"):
             with open(f"/proc/{early.process.pid}/fd/{fd}", "w") as channel:
                 channel.write(json.dumps({"secret": "a guess", "ready": True}) + "\n" + json.dumps(fake) + "\n")
         time.sleep(0.5)
-        scores = grading.check_tasks(notebook, expert_specs(), tmp_path, 20, sweeper, first=early)
+        scores = grading._check_tasks(notebook, expert_specs(), tmp_path, 20, sweeper, first=early)
     assert [s.status for s in scores] == [NOT_DONE, DONE, DONE]
 
 
@@ -249,7 +249,7 @@ def test_the_sweeper_ends_detached_processes(tmp_path, monkeypatch, subreaper):
     code = daemon_code(pid_file)
     if not subreaper:
         code = code.replace("env={'PATH': os.environ['PATH']}", "env=os.environ")
-    with grading.ProcessSweeper() as sweeper:
+    with grading._ProcessSweeper() as sweeper:
         subprocess.run([sys.executable, "-c", code], env=sweeper.environment(), check=True)
         pid = int(pid_file.read_text())
         assert not is_gone(pid)
@@ -468,3 +468,22 @@ def test_command_line_options_parse():
                               "--check-timeout", "7", "--solutions", "s"])
     assert (args.notebook, args.strict, args.timeout, args.check_timeout, args.solutions, args.json) == (
         Path("exercises/01_experts.ipynb"), True, 30, 7, Path("s"), False)
+
+
+def test_the_public_helpers_name_a_bad_argument():
+    with pytest.raises(TypeError, match="notebook_path must be a file path"):
+        grading.solution_for(3)
+    with pytest.raises(TypeError, match="solutions_dir must be a file path"):
+        grading.solution_for("01_experts.ipynb", solutions_dir=["solutions"])
+    with pytest.raises(TypeError, match="solution_path must be a file path"):
+        grading.solution_tasks(None)
+    with pytest.raises(TypeError, match="path must be a file path"):
+        grading.grade_notebook(None)
+    with pytest.raises(TypeError, match="kernel_name must be"):
+        grading.grade_notebook(EXERCISES / "01_experts.ipynb", kernel_name=3)
+    with pytest.raises(TypeError, match="notebook must be a notebook"):
+        grading.task_definitions("cells", ["relu_expert"])
+    with pytest.raises(TypeError, match="functions must be function names"):
+        grading.task_definitions(nbformat.v4.new_notebook(), [3])
+    with pytest.raises(TypeError, match="path must be a file path"):
+        exercises.read_notebook(3)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -37,6 +38,8 @@ class NotebookReadError(ExerciseBuildError):
 
 def read_notebook(path) -> nbformat.NotebookNode:
     """Read and validate the notebook at ``path`` (nbformat 4); raise :class:`NotebookReadError` naming it."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file path (a str or pathlib.Path), got {type(path).__name__}")
     path = Path(path)
     try:
         notebook = nbformat.read(path, as_version=4)

@@ -131,9 +131,17 @@ class TaskSpec:
     function: str
 
 
+def _path(name: str, value) -> Path:
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise TypeError(f"{name} must be a file path (a str or pathlib.Path), got {value!r} of type "
+                        f"{type(value).__name__}")
+    return Path(value)
+
+
 def solution_for(notebook_path, solutions_dir=None) -> Path:
     """The solution notebook matching ``notebook_path``: same file name, else the same ``NN_`` prefix."""
-    solutions_dir = Path(DEFAULT_SOLUTIONS if solutions_dir is None else solutions_dir)
+    notebook_path = _path("notebook_path", notebook_path)
+    solutions_dir = _path("solutions_dir", DEFAULT_SOLUTIONS if solutions_dir is None else solutions_dir)
     if not solutions_dir.is_dir():
         raise GradingError(f"solution notebooks not found: {solutions_dir} is not a folder (pass --solutions DIR)")
     name = Path(notebook_path).name
@@ -150,7 +158,7 @@ def solution_for(notebook_path, solutions_dir=None) -> Path:
 
 def solution_tasks(solution_path) -> list[TaskSpec]:
     """The tasks of a solution notebook: its ``check("task", function)`` calls, in notebook order."""
-    solution_path = Path(solution_path)
+    solution_path = _path("solution_path", solution_path)
     try:
         solution = read_notebook(solution_path)
     except NotebookReadError as error:
@@ -237,6 +245,11 @@ def task_definitions(notebook: nbformat.NotebookNode, functions) -> list[tuple[i
     order. A statement is chosen if it is an import, ``def``, ``class`` or ``name = value`` line that
     binds a needed name; the names a chosen statement reads are needed too.
     """
+    if not isinstance(notebook, dict) or not isinstance(notebook.get("cells"), list):
+        raise TypeError(f"notebook must be a notebook read by nbformat, got {type(notebook).__name__}")
+    functions = [functions] if isinstance(functions, str) else list(functions)
+    if not all(isinstance(f, str) and f.isidentifier() for f in functions):
+        raise TypeError(f"functions must be function names (identifiers), got {functions!r}")
     definitions = []   # (cell index, source, statement index, statement, bound names)
     for index, cell in enumerate(notebook.cells):
         if cell.cell_type != "code":
@@ -308,7 +321,7 @@ def _carries_tag(pid: int, tag: bytes) -> bool:
         return False
 
 
-class ProcessSweeper:
+class _ProcessSweeper:
     """Ends every process started while it is active, however the process detached itself.
 
     On Linux the grader becomes a child subreaper, so orphans are re-parented to it instead of to
@@ -339,7 +352,7 @@ class ProcessSweeper:
                     todo.append(child)
         return found
 
-    def __enter__(self) -> ProcessSweeper:
+    def __enter__(self) -> _ProcessSweeper:
         table = _process_table()
         self._before = {(pid, table[pid][2]) for pid in self._descendants(table)}
         self._subreaper = _set_child_subreaper(True)
@@ -467,12 +480,12 @@ def _read_lines(stream, lines: queue.Queue) -> None:
     lines.put(None)
 
 
-class CheckProcess:
+class _CheckProcess:
     """A fresh Python process that checks task functions: started early (it imports torch and the
     checkers while the notebook runs), given its job only once every process of the notebook run
     has been ended."""
 
-    def __init__(self, cwd, sweeper: ProcessSweeper):
+    def __init__(self, cwd, sweeper: _ProcessSweeper):
         self._secret = secrets.token_hex(16)
         self._errors = tempfile.TemporaryFile()
         package_root = str(Path(__file__).resolve().parents[2])   # this moe_teach, installed or not
@@ -555,8 +568,8 @@ class CheckProcess:
         self._errors.close()
 
 
-def check_tasks(notebook: nbformat.NotebookNode, specs: list[TaskSpec], cwd, time_limit: float,
-                sweeper: ProcessSweeper, first: CheckProcess | None = None) -> list[TaskScore]:
+def _check_tasks(notebook: nbformat.NotebookNode, specs: list[TaskSpec], cwd, time_limit: float,
+                sweeper: _ProcessSweeper, first: _CheckProcess | None = None) -> list[TaskScore]:
     """Check the notebook's task functions in fresh processes; one score per spec, in order.
 
     ``first``: a check process started before the notebook ran. If it breaks off before its first
@@ -567,7 +580,7 @@ def check_tasks(notebook: nbformat.NotebookNode, specs: list[TaskSpec], cwd, tim
     scores: list[TaskScore] = []
     remaining = list(specs)
     while remaining:
-        process = first or CheckProcess(cwd, sweeper)
+        process = first or _CheckProcess(cwd, sweeper)
         try:
             reported, broken, definitions_broke = process.check(program, remaining, time_limit)
         finally:
@@ -612,8 +625,8 @@ def _cell_errors(cells) -> list[str]:
     return errors
 
 
-def run_notebook(notebook: nbformat.NotebookNode, path: Path, timeout: float, kernel_name: str,
-                 sweeper: ProcessSweeper) -> list[str]:
+def _run_notebook(notebook: nbformat.NotebookNode, path: Path, timeout: float, kernel_name: str,
+                 sweeper: _ProcessSweeper) -> list[str]:
     """Execute ``notebook`` (in place) in a kernel; return the errors its cells raised."""
     from nbclient import NotebookClient
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -645,7 +658,7 @@ def grade_notebook(path, timeout: float = 120, kernel_name: str = "python3", sol
     check_timeout = check_time_limit("check_timeout", check_timeout)
     if not isinstance(kernel_name, str) or not kernel_name:
         raise TypeError(f"kernel_name must be the name of a Jupyter kernel (a str), got {kernel_name!r}")
-    path = Path(path)
+    path = _path("path", path)
     try:
         notebook = read_notebook(path)
     except NotebookReadError as error:
@@ -653,15 +666,15 @@ def grade_notebook(path, timeout: float = 120, kernel_name: str = "python3", sol
     specs = solution_tasks(solution_for(path, solutions_dir))
     _check_kernel(kernel_name)
     folder = path.parent.resolve()
-    with ProcessSweeper() as sweeper:
-        checker = CheckProcess(folder, sweeper)   # imports while the notebook runs; gets its job after
+    with _ProcessSweeper() as sweeper:
+        checker = _CheckProcess(folder, sweeper)   # imports while the notebook runs; gets its job after
         try:
-            errors = run_notebook(copy.deepcopy(notebook), path, timeout, kernel_name, sweeper)
+            errors = _run_notebook(copy.deepcopy(notebook), path, timeout, kernel_name, sweeper)
             sweeper.sweep(keep={checker.process.pid})   # nothing the notebook started may run during the checks
         except BaseException:
             checker.end()
             raise
-        tasks = check_tasks(notebook, specs, folder, check_timeout, sweeper, first=checker)
+        tasks = _check_tasks(notebook, specs, folder, check_timeout, sweeper, first=checker)
     return Scorecard(str(path), tasks, errors)
 
 
