@@ -418,3 +418,18 @@ def test_the_time_limit_stops_a_loop_inside_a_jupyter_kernel(tmp_path):
     NotebookClient(notebook, timeout=60, kernel_name="python3").execute()
     texts = ["".join(o.get("text", "") for o in cell.outputs) for cell in notebook.cells]
     assert "KEY time_limit" in texts[2] and "KERNEL STILL WORKS 2" in texts[3]
+
+
+def test_a_timer_someone_else_set_survives_a_check():
+    import signal
+
+    fired = []
+    previous = signal.signal(signal.SIGALRM, lambda *args: fired.append(True))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 30)
+        run_checker("router_z_loss", moe_teach.router_z_loss, time_limit=10)
+        left, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert 20 < left <= 30 and fired == []
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -33,6 +33,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from dataclasses import asdict, dataclass
 
 import torch
@@ -150,7 +151,8 @@ class _Deadline:
         self.armed = True
         if self._use_signal:
             self._previous_handler = signal.signal(signal.SIGALRM, self._on_alarm)
-            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+            self._started = time.monotonic()
+            self._previous_timer = signal.setitimer(signal.ITIMER_REAL, self.seconds)
         else:
             self._watchdog = threading.Thread(target=self._watch, name="check-time-limit", daemon=True)
             self._watchdog.start()
@@ -163,6 +165,10 @@ class _Deadline:
         if self._use_signal:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, self._previous_handler)
+            delay, interval = self._previous_timer
+            if delay > 0 or interval > 0:   # someone else's timer was running: put it back
+                left = delay - (time.monotonic() - self._started) if delay > 0 else interval
+                signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3), interval)
         else:
             self._stopped.set()
             self._watchdog.join()
