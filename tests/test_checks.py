@@ -387,3 +387,114 @@ def test_mask_and_compute_all_is_not_sparse():
     result = run_checker("sparse_moe_forward", mistakes.sparse_mask_and_compute_all)
     assert result.key == "computes_unchosen"
     assert "ran on" in result.message and "chose" in result.message
+
+
+# ----------------------------------------------------------------------------- the machinery: bad arguments, time limit
+
+
+@pytest.mark.parametrize("task", [["relu_expert"], ("relu_expert",), None, 3, b"relu_expert"])
+def test_a_task_that_is_not_a_name_is_a_type_error_naming_task(task):
+    with pytest.raises(TypeError, match=r"task must be a task name \(a str\).*valid tasks: relu_expert"):
+        check(task, lambda *args: None)
+    with pytest.raises(TypeError, match="task must be a task name"):
+        run_checker(task, lambda *args: None)
+
+
+@pytest.mark.parametrize("limit", [0, -1, float("nan"), float("inf"), 10**9, True, "5", None])
+def test_time_limit_must_be_a_bounded_positive_number(limit):
+    with pytest.raises((TypeError, ValueError), match="time_limit must be a number of seconds"):
+        check("relu_expert", moe_teach.experts.expert_parameter_count, time_limit=limit)
+
+
+def _loops_forever(*args):
+    while True:
+        pass
+
+
+def _sleeps(*args):
+    import time
+
+    time.sleep(10_000)
+
+
+def _swallows_everything_once(*args):
+    try:
+        _loops_forever()
+    except BaseException:  # noqa: BLE001 - the learner's bare except
+        pass
+    _loops_forever()
+
+
+@pytest.mark.parametrize("fn", [_loops_forever, _sleeps, _swallows_everything_once])
+def test_a_function_that_never_returns_fails_on_the_time_limit(fn):
+    import signal
+    import time
+
+    handler = signal.getsignal(signal.SIGALRM)
+    start = time.monotonic()
+    result = run_checker("relu_expert", fn, time_limit=0.5)
+    assert (result.status, result.key) == (FAILED, "time_limit")
+    assert "0.5 s" in result.message and result.hint
+    assert time.monotonic() - start < 5
+    assert signal.getsignal(signal.SIGALRM) is handler and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_the_time_limit_works_outside_the_main_thread():
+    import threading
+
+    results = []
+    worker = threading.Thread(target=lambda: results.append(run_checker("relu_expert", _loops_forever, 0.5)))
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive()
+    assert results[0].key == "time_limit"
+
+
+def test_a_check_within_its_time_limit_is_not_disturbed():
+    import time
+
+    assert run_checker("router_z_loss", moe_teach.router_z_loss, time_limit=30).passed
+    time.sleep(0.3)                              # no stray alarm arrives later
+
+
+def test_check_only_validates_its_arguments_while_moe_teach_check_runs_the_notebook(monkeypatch, capsys):
+    from moe_teach.course.checks import core
+
+    calls = []
+    monkeypatch.setenv(core.GRADING_RUN_ENV, "a-run")
+    checks.reset_results()
+    result = check("relu_expert", lambda *args: calls.append(args))
+    assert result.status == NOT_DONE and calls == [] and checks.results() == []
+    with pytest.raises(ValueError, match="unknown task"):
+        check("relu", lambda *args: None)
+    with pytest.raises(TypeError, match="fn must be your function"):
+        check("relu_expert", 3)
+
+
+@pytest.mark.slow
+def test_the_time_limit_stops_a_loop_inside_a_jupyter_kernel(tmp_path):
+    from nbclient import NotebookClient
+
+    cells = ["from moe_teach.course.checks import check",
+             "def relu_expert(*args):\n    while True:\n        pass",
+             "result = check('relu_expert', relu_expert, time_limit=1)\nprint('KEY', result.key)",
+             "print('KERNEL STILL WORKS', 1 + 1)"]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    NotebookClient(notebook, timeout=60, kernel_name="python3").execute()
+    texts = ["".join(o.get("text", "") for o in cell.outputs) for cell in notebook.cells]
+    assert "KEY time_limit" in texts[2] and "KERNEL STILL WORKS 2" in texts[3]
+
+
+def test_a_timer_someone_else_set_survives_a_check():
+    import signal
+
+    fired = []
+    previous = signal.signal(signal.SIGALRM, lambda *args: fired.append(True))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 30)
+        run_checker("router_z_loss", moe_teach.router_z_loss, time_limit=10)
+        left, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert 20 < left <= 30 and fired == []
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

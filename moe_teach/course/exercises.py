@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
+import sys
 from pathlib import Path
 
 import nbformat
@@ -27,7 +29,33 @@ STUB = ("# YOUR CODE HERE", "raise NotImplementedError")
 
 
 class ExerciseBuildError(ValueError):
-    """A solution notebook whose markers cannot be turned into a stub."""
+    """A solution notebook whose markers cannot be turned into a stub, or a folder that cannot be written."""
+
+
+class NotebookReadError(ExerciseBuildError):
+    """A file that cannot be read as a Jupyter notebook (the message names the file)."""
+
+
+def read_notebook(path) -> nbformat.NotebookNode:
+    """Read and validate the notebook at ``path`` (nbformat 4); raise :class:`NotebookReadError` naming it."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file path (a str or pathlib.Path), got {type(path).__name__}")
+    path = Path(path)
+    try:
+        notebook = nbformat.read(path, as_version=4)
+        nbformat.validate(notebook)
+    except FileNotFoundError:
+        raise NotebookReadError(f"cannot read {path}: no such file") from None
+    except UnicodeDecodeError:
+        raise NotebookReadError(f"{path} is not a Jupyter notebook: not UTF-8 text") from None
+    except OSError as error:
+        raise NotebookReadError(f"cannot read {path}: {error.strerror or error}") from None
+    except Exception as error:  # noqa: BLE001 - nbformat raises many kinds (JSON, schema, conversion)
+        text = str(error).strip().split("\n")[0][:200]
+        raise NotebookReadError(f"{path} is not a Jupyter notebook: {text}") from None
+    if not all(isinstance(cell.get("source"), str) for cell in notebook.cells):
+        raise NotebookReadError(f"{path} is not a Jupyter notebook: a cell has no source text")
+    return notebook
 
 
 def stub_source(source: str, where: str = "cell") -> tuple[str, int]:
@@ -94,7 +122,7 @@ def planned_exercises(solutions_dir: Path) -> dict[str, str]:
                                  "repository root or pass --solutions DIR")
     planned = {}
     for path in sorted(solutions_dir.glob("*.ipynb")):
-        solution = nbformat.read(path, as_version=4)
+        solution = read_notebook(path)
         notebook, blocks = exercise_notebook(solution, str(path))
         if blocks:
             planned[path.name] = notebook_text(notebook)
@@ -102,14 +130,27 @@ def planned_exercises(solutions_dir: Path) -> dict[str, str]:
 
 
 def build(solutions_dir: Path, exercises_dir: Path) -> list[Path]:
-    """Write the exercise notebooks; returns the paths written."""
+    """Write the exercise notebooks; returns the paths written.
+
+    Every solution notebook is read and converted before anything is written, so a broken one
+    leaves ``exercises_dir`` as it was.
+    """
     exercises_dir = Path(exercises_dir)
-    exercises_dir.mkdir(parents=True, exist_ok=True)
+    planned = planned_exercises(solutions_dir)
+    if exercises_dir.exists() and not exercises_dir.is_dir():
+        raise ExerciseBuildError(f"cannot write exercises to {exercises_dir} (--exercises): it is a file, "
+                                 "not a folder")
     written = []
-    for name, text in planned_exercises(solutions_dir).items():
-        path = exercises_dir / name
-        path.write_text(text, encoding="utf-8")
-        written.append(path)
+    try:
+        exercises_dir.mkdir(parents=True, exist_ok=True)
+        for name, text in planned.items():
+            path = exercises_dir / name
+            path.write_text(text, encoding="utf-8")
+            written.append(path)
+    except OSError as error:
+        where = error.filename or exercises_dir
+        raise ExerciseBuildError(f"cannot write exercises to {exercises_dir} (--exercises): {where}: "
+                                 f"{error.strerror or error}") from None
     return written
 
 
@@ -120,7 +161,13 @@ def stale_exercises(solutions_dir: Path, exercises_dir: Path) -> list[str]:
         path = Path(exercises_dir) / name
         if not path.exists():
             problems.append(f"{path}: missing")
-        elif normalised(path.read_text(encoding="utf-8")) != normalised(text):
+            continue
+        try:
+            current = normalised(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:   # ValueError: not JSON, or not UTF-8
+            problems.append(f"{path}: unreadable ({type(error).__name__}: {str(error)[:100]})")
+            continue
+        if current != normalised(text):
             problems.append(f"{path}: differs from what solutions/{name} gives")
     return problems
 
@@ -153,6 +200,6 @@ def run(args: argparse.Namespace) -> int:
         for path in build(args.solutions, args.exercises):
             print(f"wrote {path}")
     except ExerciseBuildError as error:
-        print(f"error: {error}")
+        print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -8,26 +8,43 @@ common mistake gets its own hint: the shape first, then "does it sum to 1?", the
 right dimension?", then the values, then the gradients.
 
 ``check`` shows the verdict (green tick in Jupyter, plain or coloured text in a terminal),
-records it in a registry that ``moe-teach check`` reads, and returns a :class:`CheckResult`
-with ``status`` one of ``"done"``, ``"failed"``, ``"not done yet"``. A function that still
-raises ``NotImplementedError`` is "not done yet", so exercise notebooks run top to bottom.
+records it in this session's registry (:func:`results`, :func:`summary`), and returns a
+:class:`CheckResult` with ``status`` one of ``"done"``, ``"failed"``, ``"not done yet"``. A
+function that still raises ``NotImplementedError`` is "not done yet", so exercise notebooks run
+top to bottom. Each check has a time limit (:data:`CHECK_TIME_LIMIT` seconds unless
+``time_limit`` says otherwise): a function that loops forever is stopped and the task fails with
+key ``"time_limit"``. The limit works in a Jupyter kernel and in plain Python; it interrupts
+Python code, not a single long call into C (torch), which is stopped once that call returns.
+
+The registry is for the learner's own overview only: ``moe-teach check`` does not read it, it
+runs the checks in a process of its own (see :mod:`moe_teach.course.grading`). While it runs the
+notebook (``GRADING_RUN_ENV`` is set), ``check`` only validates its arguments, so that no check
+runs twice.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import html
 import inspect
 import json
 import math
+import os
+import signal
 import sys
+import threading
+import time
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 DONE, FAILED, NOT_DONE = "done", "failed", "not done yet"
-RESULTS_MARKER = "MOE_TEACH_RESULTS "  # prefix of the JSON line the grader parses
+RESULTS_MARKER = "MOE_TEACH_RESULTS "  # prefix of the line results_json_line() gives
+GRADING_RUN_ENV = "MOE_TEACH_GRADING_RUN"  # set in every process of a `moe-teach check` run
+CHECK_TIME_LIMIT = 60.0  # seconds one check may take by default
+MAX_TIME_LIMIT = 3600.0  # the largest time limit accepted
 
 
 @dataclass
@@ -80,6 +97,84 @@ class Mistake(Exception):
 
 class _NotDone(Exception):
     pass
+
+
+class _TimeLimit(BaseException):
+    """Raised into the learner's code when a check runs out of time (a BaseException, so that the
+    learner's ``except Exception`` does not swallow it)."""
+
+
+def check_time_limit(name: str, value) -> float:
+    """``value`` must be a number of seconds with 0 < value <= MAX_TIME_LIMIT; raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds (0 < {name} <= {MAX_TIME_LIMIT:g}), "
+                        f"got {value!r} of type {type(value).__name__}")
+    if not 0 < value <= MAX_TIME_LIMIT:
+        raise ValueError(f"{name} must be a number of seconds with 0 < {name} <= {MAX_TIME_LIMIT:g}, got {value}")
+    return float(value)
+
+
+class _Deadline:
+    """Raise :class:`_TimeLimit` in the calling thread once ``seconds`` have passed, again every 0.1 s
+    until :meth:`stop` (so a learner's bare ``except:`` that catches it once does not keep the loop
+    alive).
+
+    In the main thread (plain Python and Jupyter kernels run cells there) a SIGALRM timer does it,
+    which also interrupts ``time.sleep``; elsewhere (another thread, or no SIGALRM) a watchdog thread
+    sets an asynchronous exception in the checking thread.
+    """
+
+    _REPEAT = 0.1
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.armed = False
+        self._previous_handler = None
+        self._watchdog = None
+        self._stopped = threading.Event()
+        self._thread_id = threading.get_ident()
+        self._use_signal = (hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread())
+
+    def _on_alarm(self, signum, frame):
+        if self.armed:
+            signal.setitimer(signal.ITIMER_REAL, self._REPEAT)
+            raise _TimeLimit
+
+    def _watch(self):
+        if self._stopped.wait(self.seconds):
+            return
+        while self.armed and not self._stopped.is_set():
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread_id),
+                                                       ctypes.py_object(_TimeLimit))
+            self._stopped.wait(self._REPEAT)
+
+    def start(self) -> None:
+        self.armed = True
+        if self._use_signal:
+            self._previous_handler = signal.signal(signal.SIGALRM, self._on_alarm)
+            self._started = time.monotonic()
+            self._previous_timer = signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        else:
+            self._watchdog = threading.Thread(target=self._watch, name="check-time-limit", daemon=True)
+            self._watchdog.start()
+
+    def stop(self) -> None:
+        """Disarm; safe to call more than once."""
+        if not self.armed:
+            return
+        self.armed = False
+        if self._use_signal:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._previous_handler)
+            delay, interval = self._previous_timer
+            if delay > 0 or interval > 0:   # someone else's timer was running: put it back
+                left = delay - (time.monotonic() - self._started) if delay > 0 else interval
+                signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3), interval)
+        else:
+            self._stopped.set()
+            self._watchdog.join()
+            # drop an exception the watchdog set but the interpreter has not delivered yet
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread_id), None)
 
 
 # ----------------------------------------------------------------------------- registry
@@ -335,14 +430,41 @@ def register(lesson: str, checkers: dict) -> None:
         TASKS[name] = Task(lesson, checker)
 
 
-def run_checker(task: str, fn) -> CheckResult:
-    """Run the checker of ``task`` on ``fn`` and return the verdict, without showing or recording it."""
+def _check_task(task) -> str:
+    if not isinstance(task, str):
+        raise TypeError(f"check(task, fn): task must be a task name (a str), got {task!r} of type "
+                        f"{type(task).__name__}; valid tasks: {', '.join(TASKS)}")
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+    return task
+
+
+def _timed_out(task: str, seconds: float) -> CheckResult:
+    return CheckResult(task, FAILED, f"your function did not finish within {seconds:g} s, so the check stopped it",
+                       "A loop whose condition never becomes false is the usual cause (a while loop that does "
+                       "not advance its counter, or a loop over a list you append to). Try your function on "
+                       "a tiny input and print inside the loop.", "time_limit")
+
+
+def run_checker(task: str, fn, time_limit: float = CHECK_TIME_LIMIT) -> CheckResult:
+    """Run the checker of ``task`` on ``fn`` and return the verdict, without showing or recording it.
+
+    The checker (with every call of ``fn``) is stopped after ``time_limit`` seconds.
+    """
+    _check_task(task)
     if not callable(fn):
         raise TypeError(f"check({task!r}, fn): fn must be your function, got {type(fn).__name__}")
+    time_limit = check_time_limit("time_limit", time_limit)
+    deadline = _Deadline(time_limit)
     try:
-        TASKS[task].checker(fn)
+        try:
+            deadline.start()
+            TASKS[task].checker(fn)
+        finally:
+            deadline.stop()
+    except _TimeLimit:
+        deadline.stop()  # if the limit struck inside the finally above, before stop() ran
+        return _timed_out(task, time_limit)
     except _NotDone:
         return CheckResult(task, NOT_DONE, "not done yet (the function still raises NotImplementedError)")
     except Mistake as mistake:
@@ -350,9 +472,18 @@ def run_checker(task: str, fn) -> CheckResult:
     return CheckResult(task, DONE, "done, all checks pass")
 
 
-def check(task: str, fn, show: bool = True) -> CheckResult:
-    """Check the learner's ``fn`` for ``task``: show the verdict, record it, return it."""
-    result = run_checker(task, fn)
+def check(task: str, fn, show: bool = True, time_limit: float = CHECK_TIME_LIMIT) -> CheckResult:
+    """Check the learner's ``fn`` for ``task``: show the verdict, record it, return it.
+
+    ``time_limit``: seconds the check may take before it stops ``fn`` and reports a failure.
+    """
+    if os.environ.get(GRADING_RUN_ENV):
+        _check_task(task)
+        if not callable(fn):
+            raise TypeError(f"check({task!r}, fn): fn must be your function, got {type(fn).__name__}")
+        check_time_limit("time_limit", time_limit)
+        return CheckResult(task, NOT_DONE, "not checked here: moe-teach check checks it in a process of its own")
+    result = run_checker(task, fn, time_limit)
     _RESULTS.pop(task, None)
     _RESULTS[task] = result
     if show:
