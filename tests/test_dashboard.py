@@ -247,3 +247,44 @@ def test_update_benchmark_runs(dashboard):
     timing = time_update(dashboard, text, repeats=5)
     assert len(timing.times) == 5 and all(t > 0 for t in timing.times)
     print(f"dashboard update for a 50-word text: {timing.median_ms:.1f} ms (median of 5)")
+
+
+# ----------------------------------------------------------------------------- moe-teach dashboard
+def run_cli(capsys, *args):
+    """``moe-teach dashboard ARGS`` in this process: (exit status, stderr lines)."""
+    from moe_teach.course import cli
+
+    code = cli.main(["dashboard", *args])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_cli_bad_checkpoint_is_one_clear_line(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not a model")
+    for path, expected in [(tmp_path / "missing.pt", "no checkpoint file"),
+                           (tmp_path / "notes.txt", "is not a moe-teach checkpoint")]:
+        code, lines = run_cli(capsys, "--checkpoint", str(path), "--no-browser", "--port", "0")
+        assert code == 2 and len(lines) == 1, lines
+        assert lines[0].startswith("moe-teach dashboard: error: --checkpoint:") and expected in lines[0]
+
+
+def test_cli_port_in_use_is_one_clear_line(capsys):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, lines = run_cli(capsys, "--port", str(port), "--no-browser")
+    assert code == 2 and lines == [
+        f"moe-teach dashboard: error: --port {port} is in use (another dashboard or server?); "
+        "pick another with --port N, or --port 0 for any free port"]
+
+
+def test_app_notebook_builds_the_dashboard_from_the_checkpoint_variable(tmp_path):
+    import nbformat
+
+    from moe_teach.course.dashboard_app import CHECKPOINT_ENV, app_notebook
+
+    nb = nbformat.read(app_notebook(tmp_path), as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    assert len(code) == 1 and CHECKPOINT_ENV in code[0] and "routing_dashboard(" in code[0]
