@@ -288,3 +288,11 @@ def test_app_notebook_builds_the_dashboard_from_the_checkpoint_variable(tmp_path
     nb = nbformat.read(app_notebook(tmp_path), as_version=4)
     code = [c.source for c in nb.cells if c.cell_type == "code"]
     assert len(code) == 1 and CHECKPOINT_ENV in code[0] and "routing_dashboard(" in code[0]
+
+
+def test_package_implementations_pass_the_lesson09_checks():
+    from moe_teach.course.checks import run_checker
+
+    assert run_checker("routing_entropy", ra.routing_entropy).passed
+    assert run_checker("top_tokens", ra.top_tokens).passed
+    assert run_checker("cooccurrence", ra.cooccurrence).passed
