@@ -102,8 +102,10 @@ def default_model(cache_dir=None, progress: bool = True) -> tuple[LanguageModel,
         train_model(model, prepared.train, default_train_config(), progress=progress,
                     desc="training the default model")
     model.eval()
-    try:
-        save_checkpoint(path, model, prepared.tokenizer)
+    try:  # write then rename, so that another process never reads a half-written file
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        save_checkpoint(partial, model, prepared.tokenizer)
+        os.replace(partial, path)
     except OSError:
         pass  # a read-only home folder: keep the model in memory only
     _MEMORY[key] = model, prepared.tokenizer
