@@ -2,7 +2,7 @@
 """Run the moe-teach course: two commands, nothing to install by hand.
 
     python3 course.py lab     open the course in JupyterLab (at notebooks/)
-    python3 course.py test    lint, unit tests, then execute every notebook (what CI runs)
+    python3 course.py test    lint, unit tests, every notebook, then the real-browser tests (what CI runs)
     python3 course.py strip   remove outputs from the notebooks before committing
     python3 course.py setup   only create or update the environment
 
@@ -210,6 +210,15 @@ def cmd_test(args: argparse.Namespace) -> int:
             )
         else:
             say("No notebooks found; skipping the notebook stage.")
+    if "browser" in args.stages:
+        if ensure_chromium():
+            # -s: show the timings the tests print; screenshots go to test-artifacts/browser/
+            stages.append(("browser: the dashboard in Chromium (JupyterLab and Voila)",
+                           [python, "-m", "pytest", "tests/browser", "-s", "-p", "no:cacheprovider", "--durations=5",
+                            *args.pytest_args]))
+        else:
+            missing = "import sys; sys.exit('chromium is not installed: apt-get install -y chromium')"
+            stages.append(("browser: chromium is missing", [python, "-c", missing]))
 
     results = []
     for number, (title, cmd) in enumerate(stages, start=1):
@@ -226,6 +235,26 @@ def cmd_test(args: argparse.Namespace) -> int:
         f"\n[course] {'All stages passed.' if not failed else f'{len(failed)} stage(s) failed.'}", flush=True
     )
     return 1 if failed else 0
+
+
+def ensure_chromium() -> bool:
+    """Chromium for the browser tests: Debian's package (Playwright's own browser download is not used).
+
+    Installed with apt when missing and this runs as root (CI on a fresh Debian machine); otherwise
+    says how to install it. Returns whether ``chromium`` is on the PATH.
+    """
+    if shutil.which("chromium"):
+        return True
+    apt = shutil.which("apt-get")
+    if apt is None or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        say("chromium is not installed; install it (Debian/Ubuntu: sudo apt-get install -y chromium) "
+            "or skip this stage with --only lint --only unit --only notebooks.")
+        return False
+    header("Installing chromium for the browser tests (apt-get, once)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    if run([apt, "update"], env=env) != 0 or run([apt, "install", "-y", "chromium"], env=env) != 0:
+        say("apt-get could not install chromium; see its output above.")
+    return shutil.which("chromium") is not None
 
 
 def cmd_strip(args: argparse.Namespace) -> int:
@@ -252,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         dest="stages",
         action="append",
-        choices=("lint", "unit", "notebooks"),
-        help="run only this stage (repeatable); default: all three",
+        choices=("lint", "unit", "notebooks", "browser"),
+        help="run only this stage (repeatable); default: all four",
     )
     test.add_argument("pytest_args", nargs="*", help="extra pytest arguments, after `--` (e.g. -- -x -q)")
     test.set_defaults(func=cmd_test)
@@ -276,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     if args.command == "test" and not args.stages:
-        args.stages = ["lint", "unit", "notebooks"]
+        args.stages = ["lint", "unit", "notebooks", "browser"]
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -354,7 +354,8 @@ def test_every_task_with_tensor_inputs_refuses_a_changed_input():
         else:
             without_tensors.append(task)
     assert sorted(without_tensors) == ["capacity_per_expert", "claimed_saving", "count_expert_parameters",
-                                       "layer_flops", "layer_parameters"]   # numbers only
+                                       "layer_flops", "layer_parameters",   # numbers only
+                                       "top_tokens"]                        # lists of words and ids
 
 
 def test_changed_input_is_named_with_the_learners_parameter_name():

@@ -13,6 +13,7 @@ _EXPLORERS = {
     "routing_explorer": "moe_teach.widgets.routing",
     "capacity_explorer": "moe_teach.widgets.capacity",
     "balance_explorer": "moe_teach.widgets.balance",
+    "routing_dashboard": "moe_teach.widgets.dashboard",
 }
 
 

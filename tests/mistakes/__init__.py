@@ -22,10 +22,19 @@ from . import (
     lesson05_load_balancing,
     lesson06_transformer_block,
     lesson08_performance,
+    lesson09_routing_dashboard,
 )
 
-LESSONS = (lesson01_experts, lesson02_gating, lesson03_topk_sparsity, lesson04_dispatch_capacity,
-           lesson05_load_balancing, lesson06_transformer_block, lesson08_performance)
+LESSONS = (
+    lesson01_experts,
+    lesson02_gating,
+    lesson03_topk_sparsity,
+    lesson04_dispatch_capacity,
+    lesson05_load_balancing,
+    lesson06_transformer_block,
+    lesson08_performance,
+    lesson09_routing_dashboard,
+)
 MISTAKES = {task: wrong for lesson in LESSONS for task, wrong in lesson.MISTAKES.items()}
 
 

@@ -13,6 +13,7 @@ from . import (  # noqa: F401  (each registers its tasks)
     lesson05_load_balancing,
     lesson06_transformer_block,
     lesson08_performance,
+    lesson09_routing_dashboard,
 )
 from .core import (
     DONE,

@@ -1,0 +1,408 @@
+"""Routing analysis of the trained language model (lesson 09 and its dashboard).
+
+Everything here reads the :class:`~moe_teach.routing.RoutingRecord` each MoE layer keeps in
+``layer.last_record`` after a forward pass; nothing re-derives the routing.
+
+* :func:`default_model`: the lesson-07 model (2 layers, 4 experts, top-2), trained on the spot
+  the first time (a few seconds, with a progress bar) and cached in memory and on disk.
+* :func:`route_text`: one text's routing, per token and per layer (:class:`TextRouting`).
+* :func:`collect_routing`: the routing of many documents (:class:`RoutingTable`), and the
+  views over it: :func:`domain_expert_shares`, :func:`expert_card`, :func:`cooccurrence`,
+  :func:`routing_entropy`, :func:`routing_margin`, :func:`word_consistency`.
+
+Tensor letters: ``L`` MoE layers, ``T`` tokens of one text, ``N`` tokens of many documents,
+``E`` experts, ``k`` experts per token, ``D`` domains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..lm.data import DOMAINS, SHARED_WORDS, Corpus, make_corpus
+from ..lm.model import LanguageModel, LMConfig
+from ..lm.tokenizer import UNK, WordTokenizer, split_words
+from ..lm.training import (
+    LMData,
+    TrainConfig,
+    build_model,
+    encode_documents,
+    load_checkpoint,
+    prepare_data,
+    save_checkpoint,
+    train_model,
+)
+from ..moe_layer import MoEConfig
+from ..routing import apply_capacity, expert_capacity
+from ..transformer import BlockConfig, moe_layers
+from ..validation import check_positive_float, check_positive_int
+from .timing import torch_threads
+
+# ----------------------------------------------------------------------------- the model
+DEFAULT_SEED = 0
+DEFAULT_DOCUMENTS_PER_DOMAIN = 300
+DEFAULT_STEPS = 150
+CACHE_ENV = "MOE_TEACH_CACHE"  # overrides the cache folder (default ~/.cache/moe-teach)
+_MEMORY: dict[str, tuple[LanguageModel, WordTokenizer]] = {}
+
+
+def default_config(vocab_size: int) -> LMConfig:
+    """Lesson 07's MoE model: 2 blocks of width 64, 4 experts of hidden width 64, top-2."""
+    block = BlockConfig(dim=64, num_heads=4, hidden_dim=64, moe=MoEConfig(num_experts=4, top_k=2))
+    return LMConfig(vocab_size=vocab_size, max_seq_len=48, num_layers=2, block=block)
+
+
+def default_train_config() -> TrainConfig:
+    return TrainConfig(steps=DEFAULT_STEPS, batch_size=16, lr=3e-3, warmup_steps=15, seed=DEFAULT_SEED)
+
+
+def cache_folder(cache_dir=None) -> Path:
+    """``cache_dir``, else ``$MOE_TEACH_CACHE``, else ``~/.cache/moe-teach``."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "moe-teach")
+
+
+def default_checkpoint_path(cache_dir=None) -> Path:
+    """Where the default model is cached; the name changes whenever its recipe changes."""
+    recipe = {"config": default_config(1).to_dict(), "train": vars(default_train_config()),
+              "documents_per_domain": DEFAULT_DOCUMENTS_PER_DOMAIN, "seed": DEFAULT_SEED,
+              "format": "moe-teach-lm/2"}
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return cache_folder(cache_dir) / f"dashboard-lm-{digest}.pt"
+
+
+def default_model(cache_dir=None, progress: bool = True) -> tuple[LanguageModel, WordTokenizer]:
+    """``(model, tokenizer)`` of the default model, in eval mode.
+
+    Loaded from memory or from the disk cache when there; otherwise trained now (one thread,
+    seeded, so every machine trains the same model) and written to the cache.
+    """
+    path = default_checkpoint_path(cache_dir)
+    key = str(path.resolve())
+    if key in _MEMORY:
+        return _MEMORY[key]
+    if path.is_file():
+        try:
+            model, tokenizer = load_checkpoint(path)
+            _MEMORY[key] = model, tokenizer
+            return model, tokenizer
+        except ValueError:
+            pass  # a damaged cache file: train again and overwrite it
+    prepared = prepare_data(DEFAULT_DOCUMENTS_PER_DOMAIN, seed=DEFAULT_SEED, max_seq_len=48)
+    model = build_model(default_config(len(prepared.tokenizer)), seed=DEFAULT_SEED)
+    with torch_threads(1):
+        train_model(model, prepared.train, default_train_config(), progress=progress,
+                    desc="training the default model")
+    model.eval()
+    try:  # write then rename, so that another process never reads a half-written file
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        save_checkpoint(partial, model, prepared.tokenizer)
+        os.replace(partial, path)
+    except OSError:
+        pass  # a read-only home folder: keep the model in memory only
+    _MEMORY[key] = model, prepared.tokenizer
+    return model, prepared.tokenizer
+
+
+def ensure_default_checkpoint(cache_dir=None, progress: bool = True) -> Path:
+    """Train the default model if it is not cached yet; return its checkpoint path."""
+    default_model(cache_dir, progress)
+    return default_checkpoint_path(cache_dir)
+
+
+def load_model(checkpoint=None, cache_dir=None, progress: bool = True) -> tuple[LanguageModel, WordTokenizer]:
+    """``(model, tokenizer)`` from ``checkpoint`` (any file the package's ``save_checkpoint`` wrote),
+    else the default model. A model without MoE layers gives a ValueError."""
+    if checkpoint is None:
+        return default_model(cache_dir, progress)
+    model, tokenizer = load_checkpoint(checkpoint)
+    if not moe_layers(model):
+        raise ValueError(f"checkpoint {checkpoint} holds a dense model: it has no MoE layers to show")
+    return model, tokenizer
+
+
+def validation_corpus(seed: int = DEFAULT_SEED) -> Corpus:
+    """The generated corpus (its validation documents feed the dashboard's many-token views)."""
+    return make_corpus(DEFAULT_DOCUMENTS_PER_DOMAIN, seed=seed)
+
+
+def domain_examples(corpus: Corpus) -> dict[str, str]:
+    """One validation document per domain, ``{domain: text}``."""
+    return {domain: next(d.text for d in corpus.validation if d.domain == domain) for domain in DOMAINS}
+
+
+# ----------------------------------------------------------------------------- one text
+@dataclass
+class TextRouting:
+    """The routing of one text (``<bos>`` is routed too but not listed).
+
+    Attributes:
+        words: ``[T]`` the tokens shown (the text's words, cut to the model's context).
+        unknown: ``[T]`` True where the word is not in the vocabulary (routed as ``<unk>``).
+        probs: ``[L, T, E]`` router probabilities over all experts.
+        experts: ``[L, T, k]`` chosen experts, best first.
+        weights: ``[L, T, k]`` the weights their outputs were combined with.
+        cut: how many words were left out because the text is longer than the context.
+    """
+
+    words: list[str]
+    unknown: list[bool]
+    probs: torch.Tensor
+    experts: torch.Tensor
+    weights: torch.Tensor
+    cut: int = 0
+
+    @property
+    def num_layers(self) -> int:
+        return self.probs.shape[0]
+
+    @property
+    def num_experts(self) -> int:
+        return self.probs.shape[-1]
+
+    @property
+    def top_k(self) -> int:
+        return self.experts.shape[-1]
+
+    def first_choice(self, layer: int) -> list[int]:
+        """``[T]`` each token's first-choice expert at ``layer``."""
+        return self.experts[layer, :, 0].tolist()
+
+    def kept(self, layer: int, capacity_factor: float | None) -> torch.Tensor:
+        """``[T, k]`` bool: which assignments fit if this text were one batch with ``capacity_factor``.
+
+        First choices are served before second choices, in token order (GShard). ``None``: dropless.
+        """
+        experts = self.experts[layer]
+        if capacity_factor is None:
+            return torch.ones_like(experts, dtype=torch.bool)
+        capacity = expert_capacity(len(self.words), self.num_experts, self.top_k, capacity_factor)
+        return apply_capacity(experts, self.num_experts, capacity)
+
+
+@torch.no_grad()
+def route_text(model: LanguageModel, tokenizer: WordTokenizer, text: str) -> TextRouting:
+    """Run ``<bos>`` + the words of ``text`` through ``model`` (eval mode) and read every MoE layer's record.
+
+    Words beyond the context (``max_seq_len - 1`` words after ``<bos>``) are cut; ``cut`` counts them.
+    """
+    layers = moe_layers(model)
+    if not layers:
+        raise ValueError("the model has no MoE layers, so there is no routing to show")
+    words = split_words(text)
+    room = model.config.max_seq_len - 1
+    cut = max(0, len(words) - room)
+    words = words[:room]
+    ids = [tokenizer.bos_id] + [tokenizer.ids.get(w, tokenizer.unk_id) for w in words]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch_threads(1):  # tiny matrices: extra threads only add synchronisation (and on a busy
+            model(torch.tensor([ids]))  # machine can be many times slower)
+    finally:
+        model.train(was_training)
+    records = [layer.last_record for layer in layers]
+    return TextRouting(
+        words=words,
+        unknown=[w not in tokenizer.ids for w in words],
+        probs=torch.stack([r.probs[1:] for r in records]).float(),             # drop <bos>
+        experts=torch.stack([r.expert_indices[1:] for r in records]),
+        weights=torch.stack([r.expert_weights[1:] for r in records]).float(),
+        cut=cut,
+    )
+
+
+# ----------------------------------------------------------------------------- many tokens
+@dataclass
+class RoutingTable:
+    """The routing of every real token of a set of documents.
+
+    Attributes:
+        token_ids: ``[N]`` token id of each routed token (``<bos>`` included: it is routed too).
+        domains: ``[N]`` domain index (into ``DOMAINS``) of the document each token comes from.
+        probs: ``[L, N, E]`` router probabilities.
+        experts: ``[L, N, k]`` chosen experts, best first.
+        vocab: the tokenizer's vocabulary (id -> word).
+    """
+
+    token_ids: torch.Tensor
+    domains: torch.Tensor
+    probs: torch.Tensor
+    experts: torch.Tensor
+    vocab: list[str] = field(default_factory=list)
+
+    @property
+    def num_layers(self) -> int:
+        return self.probs.shape[0]
+
+    @property
+    def num_experts(self) -> int:
+        return self.probs.shape[-1]
+
+    @property
+    def top_k(self) -> int:
+        return self.experts.shape[-1]
+
+    def first_choice(self, layer: int) -> torch.Tensor:
+        """``[N]`` first-choice expert of every token at ``layer``."""
+        return self.experts[layer, :, 0]
+
+    def words(self) -> list[str]:
+        return [self.vocab[i] for i in self.token_ids.tolist()]
+
+
+@torch.no_grad()
+def collect_routing(model: LanguageModel, data: LMData, batch_size: int = 64) -> RoutingTable:
+    """Run ``data`` through ``model`` (eval mode) and gather every MoE layer's record for real tokens."""
+    layers = moe_layers(model)
+    if not layers:
+        raise ValueError("the model has no MoE layers, so there is no routing to collect")
+    was_training = model.training
+    model.eval()
+    ids, domains, probs, experts = [], [], [[] for _ in layers], [[] for _ in layers]
+    try:
+        with torch_threads(1):  # see route_text
+            for rows in torch.arange(len(data)).split(batch_size):
+                inputs, _, mask = data.batch(rows)
+                model(inputs, token_mask=mask)
+                real = mask.reshape(-1)
+                ids.append(inputs.reshape(-1)[real])
+                domains.append(data.domains[rows].unsqueeze(1).expand_as(inputs).reshape(-1)[real])
+                for i, layer in enumerate(layers):
+                    probs[i].append(layer.last_record.probs[real].float())
+                    experts[i].append(layer.last_record.expert_indices[real])
+    finally:
+        model.train(was_training)
+    return RoutingTable(torch.cat(ids), torch.cat(domains), torch.stack([torch.cat(p) for p in probs]),
+                        torch.stack([torch.cat(e) for e in experts]))
+
+
+def routing_table(model: LanguageModel, tokenizer: WordTokenizer, corpus: Corpus) -> RoutingTable:
+    """:func:`collect_routing` over ``corpus.validation`` encoded with ``tokenizer``."""
+    data = encode_documents(corpus.validation, tokenizer, model.config.max_seq_len)
+    table = collect_routing(model, data)
+    table.vocab = list(tokenizer.vocab)
+    return table
+
+
+def domain_expert_shares(table: RoutingTable) -> torch.Tensor:
+    """``[L, D, E]`` share of each domain's assignments (all k slots) per expert; rows sum to 1."""
+    counts = torch.zeros(table.num_layers, len(DOMAINS), table.num_experts)
+    domain = table.domains.unsqueeze(1).expand(-1, table.top_k).reshape(-1)
+    for layer in range(table.num_layers):
+        counts[layer].index_put_((domain, table.experts[layer].reshape(-1)),
+                                 torch.ones(domain.numel()), accumulate=True)
+    return counts / counts.sum(dim=-1, keepdim=True).clamp_min(1)
+
+
+def routing_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """``[..., E] -> [...]`` entropy of the router distribution in nats (0: certain, ln E: uniform)."""
+    return -torch.special.xlogy(probs, probs).sum(dim=-1)
+
+
+def routing_margin(probs: torch.Tensor) -> torch.Tensor:
+    """``[..., E] -> [...]`` probability of the best expert minus the second best (small: unsure)."""
+    top2 = probs.topk(2, dim=-1).values
+    return top2[..., 0] - top2[..., 1]
+
+
+def cooccurrence(first_a: torch.Tensor, first_b: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """``[E, E]`` counts: entry ``[i, j]`` = tokens whose expert is ``i`` in ``first_a`` and ``j`` in ``first_b``."""
+    flat = first_a.long() * num_experts + first_b.long()
+    return torch.bincount(flat, minlength=num_experts * num_experts).reshape(num_experts, num_experts)
+
+
+def mutual_information(counts: torch.Tensor) -> float:
+    """Mutual information in bits of the joint distribution given by a ``[E, E]`` count matrix."""
+    joint = counts.double() / counts.sum().clamp_min(1)
+    outer = joint.sum(dim=1, keepdim=True) * joint.sum(dim=0, keepdim=True)
+    ratio = torch.where(joint > 0, joint / outer.clamp_min(1e-300), torch.ones_like(joint))
+    return float((joint * torch.log2(ratio)).sum())
+
+
+def entropy_bits(counts: torch.Tensor) -> float:
+    """Entropy in bits of the distribution of ``[E]`` counts."""
+    p = counts.double() / counts.sum().clamp_min(1)
+    return float(-torch.special.xlogy(p, p).sum() / math.log(2))
+
+
+def top_tokens(words: list[str], experts: list[int], expert: int, n: int = 8) -> list[tuple[str, int]]:
+    """The ``n`` words most often routed to ``expert`` (``experts[i]`` is word ``i``'s expert).
+
+    Sorted by count (largest first), ties by the word.
+    """
+    counts = Counter(w for w, e in zip(words, experts) if e == expert)
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:n]
+
+
+@dataclass
+class ExpertCard:
+    """One expert at one layer: its share of all first choices, its top words and its domain mix."""
+
+    layer: int
+    expert: int
+    traffic: float
+    top_words: list[tuple[str, int]]
+    domain_shares: dict[str, float]
+
+
+def expert_card(table: RoutingTable, layer: int, expert: int, n: int = 8) -> ExpertCard:
+    """The :class:`ExpertCard` of ``expert`` at ``layer`` (first choices of real tokens, ``<bos>`` left out)."""
+    first = table.first_choice(layer)
+    words = table.words()
+    is_word = torch.tensor([w != "<bos>" for w in words])
+    mine = (first == expert) & is_word
+    domain_counts = torch.bincount(table.domains[mine], minlength=len(DOMAINS)).double()
+    shares = domain_counts / domain_counts.sum().clamp_min(1)
+    return ExpertCard(
+        layer=layer, expert=expert, traffic=float(mine.sum()) / max(1, int(is_word.sum())),
+        top_words=top_tokens([w for w, keep in zip(words, is_word.tolist()) if keep],
+                             first[is_word].tolist(), expert, n),
+        domain_shares=dict(zip(DOMAINS, shares.tolist())),
+    )
+
+
+def is_function_word(word: str) -> bool:
+    """Words every prose domain uses (``the``, ``of``, ``.`` ...); the others are content words."""
+    return word in SHARED_WORDS
+
+
+def word_consistency(words: list[str], experts: list[int], min_count: int = 5) -> dict[str, float]:
+    """For each word seen at least ``min_count`` times: the share of its occurrences on its most common expert.
+
+    1.0: the word always goes to the same expert, whatever its context.
+    """
+    per_word: dict[str, Counter] = {}
+    for w, e in zip(words, experts):
+        per_word.setdefault(w, Counter())[e] += 1
+    return {w: max(c.values()) / sum(c.values()) for w, c in per_word.items() if sum(c.values()) >= min_count}
+
+
+def check_capacity_factor(value) -> float | None:
+    """``None`` (dropless) or a positive number."""
+    return None if value is None else check_positive_float("capacity_factor", value)
+
+
+def check_layer(layer, num_layers: int):
+    """``"all"`` or a layer index ``0..num_layers-1``."""
+    if layer == "all":
+        return layer
+    check_positive_int("num_layers", num_layers)
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < num_layers:
+        raise ValueError(f"layer must be 'all' or an MoE layer index 0..{num_layers - 1}, got {layer!r}")
+    return layer
+
+
+__all__ = ["CACHE_ENV", "ExpertCard", "RoutingTable", "TextRouting", "UNK", "cache_folder", "collect_routing",
+           "cooccurrence", "default_checkpoint_path", "default_model", "domain_examples",
+           "domain_expert_shares", "ensure_default_checkpoint", "entropy_bits", "expert_card",
+           "is_function_word", "load_model", "mutual_information", "route_text", "routing_entropy",
+           "routing_margin", "routing_table", "top_tokens", "validation_corpus", "word_consistency"]
