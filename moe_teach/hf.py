@@ -226,7 +226,7 @@ def random_hf_block(kind: str, dim: int = 16, num_experts: int = 8, top_k: int =
     common = dict(hidden_size=dim, num_experts_per_tok=top_k, hidden_act="silu", num_attention_heads=1,
                   num_key_value_heads=1, num_hidden_layers=1, vocab_size=64,
                   bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    settings = {"experts_implementation": "eager", **settings}
+    common.update(experts_implementation="eager", hidden_act=settings.pop("hidden_act", "silu"))
     torch.manual_seed(seed)
     if kind == "mixtral":
         config = transformers.MixtralConfig(num_local_experts=num_experts, intermediate_size=hidden_dim,
