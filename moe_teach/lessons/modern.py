@@ -111,3 +111,14 @@ class GroupedToyModel(nn.Module):
             raise ValueError(f"the number of points ({x.shape[0]}) must be a multiple of group_size={self.group_size}")
         y = self.layer(x.view(-1, self.group_size, x.shape[-1]))
         return y.reshape(x.shape[0], -1)
+
+
+def domain_purity(counts: torch.Tensor) -> float:
+    """How specialised experts are: share of each expert's traffic from its main domain, traffic-weighted.
+
+    ``counts`` ``[L, domains, E]`` (from :func:`moe_teach.lm.training.domain_expert_counts`);
+    averaged over layers. 1 = every expert serves one domain; about 1/domains = no specialisation.
+    """
+    per_expert = counts.sum(dim=1)                                      # [L, E]
+    main_domain = counts.max(dim=1).values                              # [L, E]
+    return float((main_domain.sum(dim=-1) / per_expert.sum(dim=-1).clamp_min(1)).mean())
