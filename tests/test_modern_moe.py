@@ -258,3 +258,14 @@ def test_future_token_test_passes_for_causal_top_k_and_fails_for_the_others():
     assert future_token_change(soft, x) > 1e-4
     with pytest.raises(ValueError, match="position must be between 1 and 15, got 0"):
         future_token_change(top_k, x, position=0)
+
+
+# ----------------------------------------------------------------------------- exercise 10
+def test_package_implementations_pass_the_lesson_10_checks():
+    from moe_teach.course.checks import run_checker
+    from moe_teach.shared import shared_combine
+
+    assert run_checker("bias_update", lambda bias, load, rate: bias + selection_bias_delta(load, rate)).passed
+    assert run_checker("expert_choice_select", expert_choice).passed
+    assert run_checker("shared_expert_combine", shared_combine).passed
+    assert run_checker("group_limited_mask", group_limited_mask).passed
