@@ -269,3 +269,12 @@ def test_package_implementations_pass_the_lesson_10_checks():
     assert run_checker("expert_choice_select", expert_choice).passed
     assert run_checker("shared_expert_combine", shared_combine).passed
     assert run_checker("group_limited_mask", group_limited_mask).passed
+
+
+def test_block_configs_saved_before_shared_experts_still_load():
+    saved = mt.BlockConfig().to_dict()
+    for key in ("num_shared_experts", "shared_hidden_dim", "shared_gate"):
+        del saved["moe"][key]
+    assert mt.BlockConfig.from_dict(saved) == mt.BlockConfig()
+    with pytest.raises(ValueError, match=r"unknown \['typo'\]"):
+        mt.BlockConfig.from_dict({**mt.BlockConfig().to_dict(), "moe": {**mt.MoEConfig().to_dict(), "typo": 1}})
