@@ -120,6 +120,9 @@ class MoELayer(nn.Module):
         self.capacity_factor, self.dispatch = capacity_factor, dispatch
         options = _router_options(router_options, renormalize, jitter)
         self.router = build_router(ROUTERS, router, input_dim, num_experts, top_k, options)
+        if capacity_factor is not None and not self.router.uses_capacity:
+            raise ValueError(f"capacity_factor does not apply to router {router!r}, which enforces its own "
+                             "capacity; pass it in router_options if the router has such an option")
         self.experts = make_experts(num_experts, input_dim, hidden_dim, output_dim, activation, bias)
         check_shared(num_shared_experts, shared_hidden_dim, shared_gate)
         self.shared = None if num_shared_experts == 0 else SharedExperts(

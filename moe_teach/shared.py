@@ -52,4 +52,5 @@ class SharedExperts(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """The (gated) shared output alone, ``[T, D] -> [T, O]``."""
-        return self.add_to(torch.zeros((), dtype=tokens.dtype), tokens)
+        out = self.expert(tokens)
+        return out if self.gate is None else torch.sigmoid(self.gate(tokens)) * out

@@ -278,3 +278,15 @@ def test_block_configs_saved_before_shared_experts_still_load():
     assert mt.BlockConfig.from_dict(saved) == mt.BlockConfig()
     with pytest.raises(ValueError, match=r"unknown \['typo'\]"):
         mt.BlockConfig.from_dict({**mt.BlockConfig().to_dict(), "moe": {**mt.MoEConfig().to_dict(), "typo": 1}})
+
+
+def test_layer_capacity_factor_is_refused_for_expert_choice_instead_of_ignored():
+    with pytest.raises(ValueError, match=r"capacity_factor does not apply to router 'expert_choice'"):
+        mt.MoELayer(8, router="expert_choice", capacity_factor=1.0)
+
+
+def test_group_mask_and_bias_delta_arguments_are_named():
+    with pytest.raises(ValueError, match=r"n_group must divide num_experts=6 .* got n_group=4, topk_group=1"):
+        group_limited_mask(torch.rand(2, 6), 4, 1)
+    with pytest.raises(TypeError, match=r"load must be a 1-D tensor"):
+        selection_bias_delta([1.0, 2.0], 0.1)

@@ -34,7 +34,12 @@ def group_limited_mask(scores: torch.Tensor, n_group: int, topk_group: int) -> t
     Experts ``0..E/n_group - 1`` form group 0, and so on. A group's score is the sum of its
     two highest ``scores`` (its only score when a group holds one expert).
     """
+    check_float_tensor("scores", scores, min_dims=2)
     num_tokens, num_experts = scores.shape
+    check_positive_int("n_group", n_group)
+    if num_experts % n_group or not 1 <= topk_group <= n_group:
+        raise ValueError(f"n_group must divide num_experts={num_experts} and topk_group lie in 1..n_group; "
+                         f"got n_group={n_group}, topk_group={topk_group}")
     grouped = scores.view(num_tokens, n_group, num_experts // n_group)            # [T, G, E/G]
     group_scores = grouped.topk(min(2, grouped.shape[-1]), dim=-1).values.sum(dim=-1)  # [T, G]
     best_groups = group_scores.topk(topk_group, dim=-1).indices                   # [T, topk_group]
@@ -48,7 +53,8 @@ def selection_bias_delta(load: torch.Tensor, rate: float = 1e-3) -> torch.Tensor
     ``rate * sign(mean_load - load)``, then mean-centred so the biases do not drift together:
     an expert above the mean load gets ``-rate``, one below gets ``+rate``.
     """
-    check_float_tensor("load", load.float())
+    if not isinstance(load, torch.Tensor) or load.dim() != 1:
+        raise TypeError(f"load must be a 1-D tensor of tokens per expert [E], got {load!r:.60}")
     check_positive_float("rate", rate)
     load = load.float()
     delta = rate * torch.sign(load.mean() - load)
@@ -66,6 +72,8 @@ class DeepSeekV3Router(Router):
         scaling_factor: multiplies the weights (HF ``routed_scaling_factor``).
     """
 
+    # "sequence" is DeepSeek-V3's own loss; "switch" (on the normalised scores) and "z" are declared
+    # too, so lesson 07's training loop, which reads both, runs unchanged with this router.
     aux_losses = ("switch", "z", "sequence")
 
     def __init__(self, input_dim: int, num_experts: int, top_k: int = 2, n_group: int = 1,
