@@ -24,6 +24,7 @@ from .dispatch import (
 )
 from .experts import ACTIVATIONS, Expert, expert_parameter_count, make_experts
 from .fine_grained import fine_grained_twin
+from .hf import from_hf, to_hf
 from .losses import (
     AUX_LOSSES,
     cv_squared,
@@ -113,6 +114,8 @@ __all__ = [
     "SharedExperts",
     "SoftMoELayer",
     "fine_grained_twin",
+    "from_hf",
+    "to_hf",
     "sequence_balance_loss",
     "shared_combine",
     "update_selection_biases",
