@@ -3,6 +3,7 @@
 Lessons build each piece inline first, check it against the version here, then use this one.
 """
 
+from .bias_balancing import update_selection_biases
 from .counting import (
     active_parameters,
     attention_flops_per_token,
@@ -22,17 +23,22 @@ from .dispatch import (
     sort_by_expert,
 )
 from .experts import ACTIVATIONS, Expert, expert_parameter_count, make_experts
+from .fine_grained import fine_grained_twin
+from .hf import from_hf, to_hf
 from .losses import (
     AUX_LOSSES,
     cv_squared,
     importance_loss,
     load_loss,
     router_z_loss,
+    sequence_balance_loss,
     switch_load_balancing_loss,
 )
 from .moe_layer import MoEConfig, MoELayer
 from .routing import (
     ROUTERS,
+    DeepSeekV3Router,
+    ExpertChoiceRouter,
     NoisyTopKRouter,
     Router,
     RouterOutput,
@@ -45,6 +51,8 @@ from .routing import (
     smooth_load,
     topk_softmax,
 )
+from .shared import SharedExperts, shared_combine
+from .soft_moe import SoftMoELayer
 from .transformer import (
     BlockConfig,
     CausalSelfAttention,
@@ -101,4 +109,14 @@ __all__ = [
     "collect_aux_losses",
     "dense_twin",
     "moe_layers",
+    "DeepSeekV3Router",
+    "ExpertChoiceRouter",
+    "SharedExperts",
+    "SoftMoELayer",
+    "fine_grained_twin",
+    "from_hf",
+    "to_hf",
+    "sequence_balance_loss",
+    "shared_combine",
+    "update_selection_biases",
 ]

@@ -2,7 +2,8 @@
 
 FLOPs count a multiply-add as 2 and leave out biases, activations and norms (small next to
 the matmuls). "Active" parameters are those a single token actually uses: the router plus
-``top_k`` of the ``E`` experts in each MoE layer, and everything outside MoE layers.
+``top_k`` of the ``E`` experts in each MoE layer, its shared experts (every token uses them),
+and everything outside MoE layers.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def active_parameters(model: nn.Module) -> int:
-    """Parameters one token uses: total minus the unchosen experts of every MoE layer.
+    """Parameters one token uses: total minus the unchosen routed experts of every MoE layer.
+
+    Shared experts (``layer.shared``) are counted as active: every token passes through them.
 
     For a router whose tokens use a variable number of experts this is the average token's count.
     """
@@ -54,6 +57,20 @@ def moe_flops_per_token(input_dim: int, hidden_dim: int, num_experts: int, top_k
     return router + top_k * ffn_flops_per_token(input_dim, hidden_dim, output_dim, activation)
 
 
+def shared_flops_per_token(dim: int, hidden_dim: int, activation: str, moe) -> int:
+    """FLOPs per token of an :class:`~moe_teach.MoEConfig`'s shared experts (and their gate); 0 if none."""
+    from .moe_layer import MoEConfig
+
+    check_positive_int("dim", dim)
+    check_positive_int("hidden_dim", hidden_dim)
+    check_choice("activation", activation, ACTIVATIONS)
+    check_instance("moe", moe, MoEConfig)
+    if not moe.num_shared_experts:
+        return 0
+    width = moe.num_shared_experts * (moe.shared_hidden_dim or hidden_dim)
+    return ffn_flops_per_token(dim, width, activation=activation) + (2 * dim if moe.shared_gate else 0)
+
+
 def attention_flops_per_token(dim: int, seq_len: int) -> int:
     """Causal self-attention FLOPs per token: q/k/v/out projections plus scores and mixing.
 
@@ -75,6 +92,7 @@ def block_flops_per_token(config, seq_len: int) -> int:
     if config.moe is not None:
         ffn = moe_flops_per_token(config.dim, config.hidden_dim, config.moe.num_experts, config.moe.top_k,
                                   activation=config.activation)
+        ffn += shared_flops_per_token(config.dim, config.hidden_dim, config.activation, config.moe)
     else:
         ffn = ffn_flops_per_token(config.dim, config.hidden_dim, activation=config.activation)
     return attention + ffn

@@ -11,6 +11,9 @@ Other conventions (footnote): Hugging Face's Mixtral ``load_balancing_loss_func`
 every (token, slot) pair without dividing by k and has minimum k; GShard's mean of products
 has minimum 1/E^2.
 
+* sequence-wise balance loss (DeepSeek-V3): the same ``E * sum_i f_i * P_i`` computed within each
+  sequence and averaged over sequences; its ``P`` is the router's ``probs`` (for DeepSeek-V3 the
+  sigmoid scores divided by their sum). Minimum 1, like ours.
 * router z-loss (ST-MoE): mean over tokens of ``logsumexp(logits)^2``; keeps logits small.
 * importance and load losses (Shazeer 2017): squared coefficient of variation of the total
   gate weight per expert and of the (smooth) number of tokens per expert.
@@ -23,7 +26,13 @@ from __future__ import annotations
 import torch
 
 from .routing import smooth_load
-from .validation import check_float_tensor, check_index_tensor, check_mask, check_positive_float
+from .validation import (
+    check_float_tensor,
+    check_index_tensor,
+    check_mask,
+    check_positive_float,
+    check_positive_int,
+)
 
 
 def _masked(tensor: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
@@ -55,6 +64,37 @@ def switch_load_balancing_loss(probs: torch.Tensor, expert_indices: torch.Tensor
     fraction_routed = counts / max(1, expert_indices.numel())      # f_i, divided by T * k
     mean_prob = probs.mean(dim=0)                                  # P_i
     return num_experts * (fraction_routed * mean_prob).sum()
+
+
+def sequence_balance_loss(probs: torch.Tensor, expert_indices: torch.Tensor, sequence_length: int | None,
+                          token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """DeepSeek-V3's sequence-wise balance loss: the mean over sequences of each one's Switch loss.
+
+    Args:
+        probs: ``[T, E]`` normalised scores, ``T = sequences * sequence_length``.
+        expert_indices: ``[T, k]`` chosen experts.
+        sequence_length: tokens per sequence ``S`` (``None``: all ``T`` tokens form one sequence).
+        token_mask: optional ``[T]`` bool, False for padding tokens (left out of their sequence).
+    """
+    check_float_tensor("probs", probs, min_dims=2)
+    check_index_tensor("expert_indices", expert_indices, num_rows=probs.shape[0])
+    num_tokens, num_experts = probs.shape
+    top_k = expert_indices.shape[-1]
+    sequence_length = num_tokens if sequence_length is None else check_positive_int("sequence_length", sequence_length)
+    if token_mask is not None:
+        check_mask("token_mask", token_mask, (num_tokens,))
+    if sequence_length < 1 or num_tokens % sequence_length:
+        raise ValueError(f"sequence_length must divide the {num_tokens} tokens, got {sequence_length}")
+    real = probs.new_ones(num_tokens) if token_mask is None else token_mask.to(probs.dtype)
+    real = real.view(-1, sequence_length, 1)                                        # [B, S, 1]
+    chosen = torch.zeros_like(probs).scatter(1, expert_indices, 1.0)                # [T, E] 0/1
+    chosen = chosen.view(-1, sequence_length, num_experts) * real                  # [B, S, E]
+    tokens = real.sum(dim=1).clamp_min(1)                                           # [B, 1]
+    fraction_routed = chosen.sum(dim=1) / (tokens * top_k)                          # f_i per sequence
+    mean_prob = (probs.view(-1, sequence_length, num_experts) * real).sum(dim=1) / tokens  # P_i
+    per_sequence = num_experts * (fraction_routed * mean_prob).sum(dim=-1)          # [B]
+    has_tokens = real.sum(dim=(1, 2)) > 0
+    return per_sequence[has_tokens].mean() if bool(has_tokens.any()) else per_sequence.sum() * 0
 
 
 def router_z_loss(logits: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -109,5 +149,10 @@ def _load_from(record, routed) -> torch.Tensor:
     return load_loss(smooth_load(routed, record.top_k, record.token_mask))
 
 
-AUX_LOSSES = {"switch": _switch_from, "z": _z_from, "importance": _importance_from, "load": _load_from}
+def _sequence_from(record, routed) -> torch.Tensor:
+    return sequence_balance_loss(record.probs, record.expert_indices, record.sequence_length, record.token_mask)
+
+
+AUX_LOSSES = {"switch": _switch_from, "z": _z_from, "importance": _importance_from, "load": _load_from,
+              "sequence": _sequence_from}
 """Loss name -> ``fn(record: RoutingRecord, routed: RouterOutput) -> scalar tensor``."""

@@ -25,6 +25,7 @@ from .experts import ACTIVATIONS, check_expert_input, make_experts
 from .losses import AUX_LOSSES
 from .routing import ROUTERS, RouterOutput, RoutingRecord, apply_capacity, build_router, expert_capacity
 from .routing.capacity import check_capacity_factor
+from .shared import SharedExperts
 from .validation import (
     check_bool,
     check_choice,
@@ -48,6 +49,9 @@ class MoEConfig:
         router_options: keyword options of that router (e.g. ``{"jitter": 0.01}``).
         capacity_factor: ``None`` for dropless, else a number > 0.
         dispatch: a name in :data:`moe_teach.dispatch.DISPATCHERS`.
+        num_shared_experts: experts every token uses (DeepSeekMoE); 0 = none.
+        shared_hidden_dim: hidden width of one shared expert (``None``: the routed experts' width).
+        shared_gate: scale the shared output by ``sigmoid(gate(x))`` (Qwen2-MoE).
     """
 
     num_experts: int = 4
@@ -56,6 +60,9 @@ class MoEConfig:
     router_options: dict = field(default_factory=dict)
     capacity_factor: float | None = None
     dispatch: str = "grouped"
+    num_shared_experts: int = 0
+    shared_hidden_dim: int | None = None
+    shared_gate: bool = False
 
     def __post_init__(self):
         check_positive_int("num_experts", self.num_experts)
@@ -66,6 +73,7 @@ class MoEConfig:
         check_choice("dispatch", self.dispatch, tuple(DISPATCHERS))
         if self.capacity_factor is not None:
             check_capacity_factor(self.capacity_factor)
+        check_shared(self.num_shared_experts, self.shared_hidden_dim, self.shared_gate)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -92,12 +100,15 @@ class MoELayer(nn.Module):
         bias: whether expert linear layers have biases.
         router_options: further options of the chosen router (e.g. ``{"min_noise_std": 0.1}``
             for ``"noisy"``); ``renormalize`` and ``jitter`` are shortcuts for two of them.
+        num_shared_experts, shared_hidden_dim, shared_gate: always-on shared experts (see
+            :mod:`moe_teach.shared`), in ``layer.shared``; ``layer.experts`` holds the routed ones.
     """
 
     def __init__(self, input_dim: int, output_dim: int | None = None, num_experts: int = 4, top_k: int = 2,
                  hidden_dim: int | None = None, activation: str = "relu", router: str = "softmax",
                  renormalize: bool | None = None, jitter: float = 0.0, capacity_factor: float | None = None,
-                 dispatch: str = "grouped", bias: bool = True, router_options: dict | None = None):
+                 dispatch: str = "grouped", bias: bool = True, router_options: dict | None = None,
+                 num_shared_experts: int = 0, shared_hidden_dim: int | None = None, shared_gate: bool = False):
         super().__init__()
         check_positive_int("input_dim", input_dim)
         output_dim = input_dim if output_dim is None else check_positive_int("output_dim", output_dim)
@@ -114,7 +125,13 @@ class MoELayer(nn.Module):
         self.capacity_factor, self.dispatch = capacity_factor, dispatch
         options = _router_options(router_options, renormalize, jitter)
         self.router = build_router(ROUTERS, router, input_dim, num_experts, top_k, options)
+        if capacity_factor is not None and not self.router.uses_capacity:
+            raise ValueError(f"capacity_factor does not apply to router {router!r}, which enforces its own "
+                             "capacity; pass it in router_options if the router has such an option")
         self.experts = make_experts(num_experts, input_dim, hidden_dim, output_dim, activation, bias)
+        check_shared(num_shared_experts, shared_hidden_dim, shared_gate)
+        self.shared = None if num_shared_experts == 0 else SharedExperts(
+            input_dim, num_shared_experts, shared_hidden_dim or hidden_dim, output_dim, activation, bias, shared_gate)
         self.last_record: RoutingRecord | None = None
 
     @classmethod
@@ -124,7 +141,9 @@ class MoELayer(nn.Module):
         check_instance("config", config, MoEConfig)
         return cls(input_dim, output_dim, config.num_experts, config.top_k, hidden_dim, activation,
                    router=config.router, capacity_factor=config.capacity_factor, dispatch=config.dispatch,
-                   bias=bias, router_options=dict(config.router_options))
+                   bias=bias, router_options=dict(config.router_options),
+                   num_shared_experts=config.num_shared_experts, shared_hidden_dim=config.shared_hidden_dim,
+                   shared_gate=config.shared_gate)
 
     @property
     def top_k(self) -> int:
@@ -156,14 +175,16 @@ class MoELayer(nn.Module):
         every_slot_kept = capacity is None and routed.valid is None
         output = DISPATCHERS[self.dispatch](tokens, self.experts, routed.expert_indices,
                                             routed.expert_weights, None if every_slot_kept else kept)
+        if self.shared is not None:
+            output = self.shared.add_to(output, tokens)
         flat_mask = None if token_mask is None else token_mask.reshape(-1)
-        record = self.make_record(routed, kept, capacity, flat_mask)
+        record = self.make_record(routed, kept, capacity, flat_mask, x.shape[-2] if x.dim() > 2 else None)
         self.last_record = record
         output = output.reshape(*x.shape[:-1], self.output_dim)
         return (output, record) if return_record else output
 
     def make_record(self, routed: RouterOutput, kept: torch.Tensor, capacity: int | None,
-                    token_mask: torch.Tensor | None = None) -> RoutingRecord:
+                    token_mask: torch.Tensor | None = None, sequence_length: int | None = None) -> RoutingRecord:
         """The :class:`RoutingRecord` of a routing decision, with the auxiliary losses the router declares.
 
         ``kept`` ``[T, k]`` is the capacity mask; ``token_mask`` ``[T]`` (True = real token)
@@ -172,7 +193,7 @@ class MoELayer(nn.Module):
         record = RoutingRecord(
             logits=routed.logits, probs=routed.probs, expert_indices=routed.expert_indices,
             expert_weights=routed.expert_weights, kept=kept, capacity=capacity, token_mask=token_mask,
-            valid=routed.valid, selection_scores=routed.selection_scores,
+            valid=routed.valid, selection_scores=routed.selection_scores, sequence_length=sequence_length,
         )
         real_tokens = record.num_tokens if token_mask is None else int(token_mask.sum())
         if real_tokens == 0:   # nothing to balance: 0, not the NaN of a mean over no tokens
@@ -184,6 +205,14 @@ class MoELayer(nn.Module):
     def extra_repr(self) -> str:
         return (f"input_dim={self.input_dim}, output_dim={self.output_dim}, num_experts={self.num_experts}, "
                 f"top_k={self.top_k}, capacity_factor={self.capacity_factor}, dispatch={self.dispatch!r}")
+
+
+def check_shared(num_shared_experts, shared_hidden_dim, shared_gate) -> None:
+    """Validate the shared-expert settings (``num_shared_experts`` >= 0, width > 0, gate a bool)."""
+    check_non_negative_int("num_shared_experts", num_shared_experts)
+    if shared_hidden_dim is not None:
+        check_positive_int("shared_hidden_dim", shared_hidden_dim)
+    check_bool("shared_gate", shared_gate)
 
 
 def _router_options(router_options: dict | None, renormalize: bool | None, jitter: float) -> dict:

@@ -26,6 +26,8 @@ from .validation import (
     check_positive_int,
 )
 
+SHARED_EXPERT_DEFAULTS = {"num_shared_experts": 0, "shared_hidden_dim": None, "shared_gate": False}
+
 
 @dataclass
 class BlockConfig:
@@ -64,6 +66,8 @@ class BlockConfig:
         check_keys("block config", data, cls)
         moe = data["moe"]
         if moe is not None:
+            if isinstance(moe, dict):  # configs saved before shared experts existed lack these keys
+                moe = {**SHARED_EXPERT_DEFAULTS, **moe}
             check_keys("moe config", moe, MoEConfig)
             moe = MoEConfig(**moe)
         return cls(**{**data, "moe": moe})

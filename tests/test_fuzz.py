@@ -22,8 +22,23 @@ import pytest
 import torch
 
 import moe_teach as mt
-from moe_teach import counting, dispatch, experts, losses, moe_layer, transformer
-from moe_teach.routing import capacity, decision, topk
+from moe_teach import (
+    bias_balancing,
+    counting,
+    dispatch,
+    experts,
+    fine_grained,
+    hf,
+    losses,
+    moe_layer,
+    shared,
+    soft_moe,
+    transformer,
+)
+from moe_teach.routing import capacity, decision, deepseek, topk
+
+# moe_teach.routing exports a function named expert_choice, so import the module by its full name
+expert_choice = importlib.import_module("moe_teach.routing.expert_choice")
 
 SECONDS_PER_CALL = 10
 
@@ -58,6 +73,21 @@ PROBS = torch.softmax(LOGITS, dim=-1)
 EXPERTS = mt.make_experts(4, 8, 16, 8)
 BLOCK = mt.BlockConfig(dim=8, num_heads=2, hidden_dim=8)
 HUGE = 10**9
+
+try:
+    from moe_teach.hf import random_hf_block
+
+    HF_SPECS = [
+        Spec("from_hf", hf.from_hf, dict(block=random_hf_block("mixtral"))),
+        Spec("to_hf", hf.to_hf, dict(layer=mt.MoELayer(16, num_experts=8, hidden_dim=12, activation="swiglu",
+                                                       bias=False), kind="mixtral")),
+        Spec("hf_config", hf.hf_config, dict(layer=mt.MoELayer(16, num_experts=8, hidden_dim=12, activation="swiglu",
+                                                               bias=False), kind="mixtral")),
+        Spec("random_hf_block", random_hf_block, dict(kind="mixtral", dim=16, num_experts=8, top_k=2, hidden_dim=12,
+                                                      seed=0, dtype=torch.float32)),
+    ]
+except ImportError:  # transformers not installed: the hf module is still fuzzed where it can be
+    HF_SPECS = []
 
 SPECS = [
     # experts
@@ -108,11 +138,14 @@ SPECS = [
                                                          tokens=torch.randn(12, 8), top_k=2)),
     # the layer
     Spec("MoEConfig", mt.MoEConfig, dict(num_experts=4, top_k=2, router="softmax", router_options={},
-                                         capacity_factor=None, dispatch="grouped"),
+                                         capacity_factor=None, dispatch="grouped", num_shared_experts=1,
+                                         shared_hidden_dim=None, shared_gate=False),
          extra={"capacity_factor": [1e308]}),
+    Spec("check_shared", moe_layer.check_shared, dict(num_shared_experts=1, shared_hidden_dim=8, shared_gate=True)),
     Spec("MoELayer", mt.MoELayer, dict(input_dim=8, output_dim=8, num_experts=4, top_k=2, hidden_dim=16,
                                        activation="relu", router="softmax", renormalize=None, jitter=0.0,
-                                       capacity_factor=1.0, dispatch="grouped", bias=True, router_options=None),
+                                       capacity_factor=1.0, dispatch="grouped", bias=True, router_options=None,
+                                       num_shared_experts=1, shared_hidden_dim=8, shared_gate=True),
          extra={"num_experts": [HUGE], "capacity_factor": [1e308]}),
     Spec("MoELayer.forward", lambda x, return_record=False, token_mask=None:
          _layer()(x, return_record=return_record, token_mask=token_mask),
@@ -129,6 +162,8 @@ SPECS = [
     Spec("cv_squared", mt.cv_squared, dict(values=torch.rand(4), eps=1e-10)),
     Spec("importance_loss", mt.importance_loss, dict(gate_weights=PROBS, token_mask=None)),
     Spec("load_loss", mt.load_loss, dict(load=torch.rand(4))),
+    Spec("sequence_balance_loss", losses.sequence_balance_loss,
+         dict(probs=PROBS, expert_indices=INDICES, sequence_length=3, token_mask=None)),
     # transformer and counting
     Spec("BlockConfig", mt.BlockConfig, dict(dim=8, num_heads=2, hidden_dim=8, activation="gelu",
                                              moe=mt.MoEConfig())),
@@ -148,12 +183,42 @@ SPECS = [
          dict(input_dim=8, hidden_dim=16, output_dim=8, activation="relu")),
     Spec("moe_flops_per_token", mt.moe_flops_per_token,
          dict(input_dim=8, hidden_dim=16, num_experts=4, top_k=2, output_dim=8, activation="relu")),
+    Spec("shared_flops_per_token", counting.shared_flops_per_token,
+         dict(dim=8, hidden_dim=8, activation="relu", moe=mt.MoEConfig(num_shared_experts=1))),
     Spec("attention_flops_per_token", mt.attention_flops_per_token, dict(dim=8, seq_len=4)),
     Spec("block_flops_per_token", mt.block_flops_per_token, dict(config=BLOCK, seq_len=4)),
+    # today's designs (lesson 10)
+    Spec("SharedExperts", shared.SharedExperts, dict(input_dim=8, num_experts=2, hidden_dim=8, output_dim=8,
+                                                     activation="relu", bias=True, gated=True)),
+    Spec("SharedExperts.forward", lambda tokens: shared.SharedExperts(8, 1, 8)(tokens), dict(tokens=X)),
+    Spec("shared_combine", shared.shared_combine, dict(routed=X, shared=X, gate_logits=torch.randn(6, 1))),
+    Spec("fine_grained_twin", fine_grained.fine_grained_twin, dict(config=BLOCK, split=2, shared_experts=1)),
+    Spec("soft_moe_weights", soft_moe.soft_moe_weights, dict(logits=torch.randn(2, 3, 4))),
+    Spec("SoftMoELayer", soft_moe.SoftMoELayer, dict(input_dim=8, output_dim=8, num_experts=2, slots_per_expert=1,
+                                                     hidden_dim=8, activation="relu", bias=True)),
+    Spec("SoftMoELayer.forward", lambda x, return_record=False: soft_moe.SoftMoELayer(8)(x, return_record),
+         dict(x=torch.randn(2, 3, 8), return_record=False)),
+    Spec("SoftMoERecord", soft_moe.SoftMoERecord, dict(logits=torch.randn(2, 3, 4), dispatch=torch.rand(2, 3, 4),
+                                                       combine=torch.rand(2, 3, 4))),
+    Spec("update_selection_biases", bias_balancing.update_selection_biases,
+         dict(model=mt.MoELayer(8, num_experts=4, router="deepseek_v3"), rate=0.001)),
+    Spec("group_limited_mask", deepseek.group_limited_mask, dict(scores=torch.rand(6, 4), n_group=2, topk_group=1)),
+    Spec("selection_bias_delta", deepseek.selection_bias_delta, dict(load=torch.rand(4), rate=0.001)),
+    Spec("DeepSeekV3Router", deepseek.DeepSeekV3Router, dict(input_dim=8, num_experts=4, top_k=2, n_group=2,
+                                                             topk_group=1, renormalize=True, scaling_factor=1.0)),
+    Spec("DeepSeekV3Router.forward", lambda x: deepseek.DeepSeekV3Router(8, 4)(x), dict(x=X)),
+    Spec("expert_choice", expert_choice.expert_choice, dict(probs=PROBS, capacity=2)),
+    Spec("choice_capacity", expert_choice.choice_capacity, dict(num_tokens=6, num_experts=4, top_k=2,
+                                                                 capacity_factor=1.0)),
+    Spec("ExpertChoiceRouter", expert_choice.ExpertChoiceRouter, dict(input_dim=8, num_experts=4, top_k=2,
+                                                                      capacity_factor=1.0)),
+    Spec("ExpertChoiceRouter.forward", lambda x: expert_choice.ExpertChoiceRouter(8, 4)(x), dict(x=X)),
+    *HF_SPECS,
 ]
 
 # Modules whose every public function and class must have a spec (or be listed in NOT_FUZZED).
-FUZZED_MODULES = [experts, topk, capacity, decision, dispatch, moe_layer, losses, transformer, counting]
+FUZZED_MODULES = [experts, topk, capacity, decision, dispatch, moe_layer, losses, transformer, counting, shared,
+                  fine_grained, soft_moe, bias_balancing, deepseek, expert_choice] + ([hf] if HF_SPECS else [])
 NOT_FUZZED = {
     "moe_teach.validation": "the checkers themselves (tested in test_validation.py)",
 }

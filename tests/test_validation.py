@@ -117,7 +117,7 @@ def test_integer_tensors_are_type_errors(call):
 @pytest.mark.parametrize("argument,build,allowed", [
     ("activation", lambda v: mt.Expert(6, 8, activation=v), "'relu', 'gelu', 'swiglu'"),
     ("activation", lambda v: mt.MoELayer(6, activation=v), "'relu', 'gelu', 'swiglu'"),
-    ("router", lambda v: mt.MoELayer(6, router=v), "'softmax', 'noisy'"),
+    ("router", lambda v: mt.MoELayer(6, router=v), "'softmax', 'noisy', 'deepseek_v3', 'expert_choice'"),
     ("dispatch", lambda v: mt.MoELayer(6, dispatch=v), "'mask', 'loop', 'grouped'"),
     ("match", lambda v: mt.dense_twin(mt.BlockConfig(), match=v), "'active', 'total'"),
 ])

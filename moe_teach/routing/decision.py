@@ -142,6 +142,8 @@ class RoutingRecord:
             computed (and takes capacity) but is left out of the auxiliary losses and of
             :attr:`load_per_expert`.
         valid: ``[T, k]`` bool slots in use (see :class:`RouterOutput`), or ``None`` (all).
+        sequence_length: tokens per sequence when the input was ``[..., S, D]`` (for
+            per-sequence losses), or ``None``.
     """
 
     logits: torch.Tensor
@@ -154,6 +156,7 @@ class RoutingRecord:
     token_mask: torch.Tensor | None = None
     valid: torch.Tensor | None = None
     selection_scores: torch.Tensor | None = None
+    sequence_length: int | None = None
 
     def __post_init__(self):
         _check_decision_tensors(self, ("logits", "probs", "expert_indices", "expert_weights", "kept"))

@@ -23,6 +23,7 @@ from . import (
     lesson06_transformer_block,
     lesson08_performance,
     lesson09_routing_dashboard,
+    lesson10_modern_moe,
 )
 
 LESSONS = (
@@ -34,6 +35,7 @@ LESSONS = (
     lesson06_transformer_block,
     lesson08_performance,
     lesson09_routing_dashboard,
+    lesson10_modern_moe,
 )
 MISTAKES = {task: wrong for lesson in LESSONS for task, wrong in lesson.MISTAKES.items()}
 

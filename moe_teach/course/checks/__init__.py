@@ -14,6 +14,7 @@ from . import (  # noqa: F401  (each registers its tasks)
     lesson06_transformer_block,
     lesson08_performance,
     lesson09_routing_dashboard,
+    lesson10_modern_moe,
 )
 from .core import (
     DONE,
