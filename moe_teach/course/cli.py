@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "exercises": ("moe_teach.course.exercises", "build exercises/ from solutions/"),
     "check": ("moe_teach.course.grading", "run a learner's exercise notebook and print a scorecard"),
     "train": ("moe_teach.lm.training", "train the small MoE language model outside a notebook"),
+    "parallel": ("moe_teach.course.parallel_cli", "run the expert-parallel MoE layer on N local processes"),
 }
 
 

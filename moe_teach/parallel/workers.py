@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from ..moe_layer import MoELayer
+from ..routing import apply_capacity
 from .layer import all_reduce_replicated_grads, shard_moe_layer
 
 
@@ -130,6 +131,12 @@ def check_task(rank: int, world_size: int, cases: list[dict]) -> list[dict]:
         expected = reference_forward(layer, reference, world_size)
         (expected * upstream).sum().backward()
         expected_experts = _expert_grads(layer.experts, 0)
+        dropped = 0
+        if layer.capacity_factor is not None:
+            with torch.no_grad():
+                for part in x.chunk(world_size):
+                    chosen = layer.router(part).expert_indices
+                    dropped += int((~apply_capacity(chosen, layer.num_experts, layer.capacity(len(part)))).sum())
         expert_diff = max(_max_diff(g["experts"][e][name], expected_experts[e][name])
                           for g in gathered for e in g["experts"] for name in g["experts"][e])
         results.append({
@@ -139,7 +146,7 @@ def check_task(rank: int, world_size: int, cases: list[dict]) -> list[dict]:
             "expert_grad_diff": expert_diff,
             "router_grad_diff": max(_max_diff(g["router"], layer.router.proj.weight.grad) for g in gathered),
             "experts_checked": sorted(e for g in gathered for e in g["experts"]),
-            "received_per_rank": [g["received"] for g in gathered],
+            "received_per_rank": [g["received"] for g in gathered], "dropped": dropped,
             "output_scale": float(expected.detach().abs().max()),
         })
     return results
