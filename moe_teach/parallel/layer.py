@@ -69,6 +69,7 @@ class ExchangeStats:
         tokens_per_local_expert: ``[L]`` rows each local expert processed (padding included).
         input_bytes, output_bytes: bytes of one token row going out, of one result row coming back.
         count_bytes: bytes of the count exchange this rank sent (0 in capacity mode).
+        dropped: this rank's (token, expert) assignments dropped by capacity (0 when dropless).
         times: seconds per phase (``routing``, ``exchange``, ``experts``, ``combine``) when timed.
     """
 
@@ -79,6 +80,7 @@ class ExchangeStats:
     input_bytes: int
     output_bytes: int
     count_bytes: int = 0
+    dropped: int = 0
     times: dict = field(default_factory=dict)
 
     def bytes_sent(self, include_self: bool = False) -> int:
@@ -229,7 +231,8 @@ class ExpertParallelMoE(nn.Module):
         timer.lap("combine")
         self.last_exchange = ExchangeStats(
             self.rank, splits, splits, [world * capacity] * local,
-            input_bytes=dim * tokens.element_size(), output_bytes=out_dim * returned.element_size())
+            input_bytes=dim * tokens.element_size(), output_bytes=out_dim * returned.element_size(),
+            dropped=int((~kept).sum()))
         return slot_outputs.view(num_tokens, top_k, out_dim).sum(dim=1)
 
     def extra_repr(self) -> str:

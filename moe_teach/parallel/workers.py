@@ -59,9 +59,14 @@ def forward_task(rank: int, world_size: int, layer: MoELayer, x: torch.Tensor) -
     shard = shard_moe_layer(layer, rank, world_size)
     chunk = x.chunk(world_size)[rank]
     expert_inputs = {}
+
+    def keep_input(expert_id):
+        def hook(module, args, output):
+            expert_inputs[expert_id] = args[0].clone()          # returns None: the output is unchanged
+        return hook
+
     for i, expert in enumerate(shard.experts):
-        expert.register_forward_hook(
-            lambda module, args, out, e=shard.first_expert + i: expert_inputs.setdefault(e, args[0].clone()))
+        expert.register_forward_hook(keep_input(shard.first_expert + i))
     with torch.no_grad():
         output = shard(chunk)
     stats = shard.last_exchange
@@ -215,7 +220,15 @@ def train_task(rank: int, world_size: int, steps: int = 5, num_experts: int = 4,
 # ----------------------------------------------------------------------------- measurements
 
 
-def measure_task(rank: int, world_size: int, tokens_per_rank: int = 512, num_experts: int = 8, top_k: int = 2,
+def measure_task(rank: int, world_size: int, variants: list[dict] | None = None, **config) -> list:
+    """:func:`measure_one` for ``config``, or for each of ``variants`` (overrides of ``config``)
+    in one launch: a list of per-rank lists, one per variant."""
+    if variants is None:
+        return measure_one(rank, world_size, **config)
+    return [measure_one(rank, world_size, **{**config, **variant}) for variant in variants]
+
+
+def measure_one(rank: int, world_size: int, tokens_per_rank: int = 512, num_experts: int = 8, top_k: int = 2,
                  dim: int = 64, hidden: int = 128, capacity_factor: float | None = None, skew: float = 0.0,
                  repeats: int = 5, seed: int = 0) -> list[dict]:
     """Bytes and seconds per phase of forward + backward passes, for every rank.
@@ -247,7 +260,8 @@ def measure_task(rank: int, world_size: int, tokens_per_rank: int = 512, num_exp
         shard.zero_grad()
     stats = shard.last_exchange
     mine = {"rank": rank, "send_rows": stats.send_rows, "recv_rows": stats.recv_rows,
-            "tokens_per_local_expert": stats.tokens_per_local_expert,
+            "tokens_per_local_expert": stats.tokens_per_local_expert, "dropped": stats.dropped,
+            "assignments": tokens_per_rank * top_k,
             "bytes_sent": stats.bytes_sent(), "bytes_received": stats.bytes_received(),
             "bytes_sent_with_self": stats.bytes_sent(include_self=True),
             "times": {name: statistics.median(p[name] for p in phases) for name in phases[0]},
