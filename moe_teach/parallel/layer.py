@@ -106,6 +106,8 @@ class _PhaseTimer:
 
     def lap(self, phase: str) -> None:
         if self.enabled:
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.synchronize()            # GPU work is asynchronous: wait before reading the clock
             now = time.perf_counter()
             self.times[phase] = self.times.get(phase, 0.0) + now - self._start
             self._start = now

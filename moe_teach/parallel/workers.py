@@ -29,15 +29,34 @@ from ..routing import apply_capacity
 from .layer import all_reduce_replicated_grads, shard_moe_layer
 
 
+def _device() -> torch.device:
+    """This rank's GPU with the nccl backend (set by the launcher), else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _to_cpu(value):
+    """``value`` with every tensor in it (in dicts, lists, tuples) moved to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: _to_cpu(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
+
 def _gather(value) -> list:
-    """Every rank's ``value`` (any picklable object), in rank order, on every rank."""
+    """Every rank's ``value`` (any picklable object, tensors moved to the CPU), in rank order."""
     gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, value)
+    dist.all_gather_object(gathered, _to_cpu(value))
     return gathered
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.detach().double() - b.detach().double()).abs().max()) if a.numel() else 0.0
+    a, b = a.detach().cpu().double(), b.detach().cpu().double()
+    return float((a - b).abs().max()) if a.numel() else 0.0
 
 
 def _expert_grads(experts, first: int) -> dict:
@@ -56,8 +75,8 @@ def forward_task(rank: int, world_size: int, layer: MoELayer, x: torch.Tensor) -
     Returns ``output [W*T, O]`` and, per rank, the rows sent to and received from each rank
     and ``expert_inputs``: for each of its experts (global id), the token rows it ran on.
     """
-    shard = shard_moe_layer(layer, rank, world_size)
-    chunk = x.chunk(world_size)[rank]
+    shard = shard_moe_layer(layer.to(_device()), rank, world_size)
+    chunk = x.to(_device()).chunk(world_size)[rank]
     expert_inputs = {}
 
     def keep_input(expert_id):
@@ -121,6 +140,7 @@ def check_task(rank: int, world_size: int, cases: list[dict]) -> list[dict]:
     results = []
     for case in cases:
         layer, x, upstream = make_case(case, world_size)
+        layer, x, upstream = layer.to(_device()), x.to(_device()), upstream.to(_device())
         shard = shard_moe_layer(layer, rank, world_size)
         chunk = x.chunk(world_size)[rank].clone().requires_grad_()
         output = shard(chunk)
@@ -140,7 +160,7 @@ def check_task(rank: int, world_size: int, cases: list[dict]) -> list[dict]:
         if layer.capacity_factor is not None:
             with torch.no_grad():
                 for part in x.chunk(world_size):
-                    chosen = layer.router(part).expert_indices
+                    chosen = layer.router(part).expert_indices.cpu()
                     dropped += int((~apply_capacity(chosen, layer.num_experts, layer.capacity(len(part)))).sum())
         expert_diff = max(_max_diff(g["experts"][e][name], expected_experts[e][name])
                           for g in gathered for e in g["experts"] for name in g["experts"][e])
@@ -167,10 +187,20 @@ def _teacher_batch(step: int, tokens: int, dim: int, seed: int):
     return x, torch.tanh(x @ teacher) + torch.sin(2 * x)
 
 
+def _sgd_step(module: torch.nn.Module, lr: float) -> None:
+    """Plain SGD, ``p -= lr * grad``, then clear the gradients. (Written out: the first step of
+    ``torch.optim.SGD`` imports torch's compiler stack, seconds of start-up in every process.)"""
+    with torch.no_grad():
+        for param in module.parameters():
+            if param.grad is not None:
+                param -= lr * param.grad
+                param.grad = None
+
+
 def train_task(rank: int, world_size: int, steps: int = 5, num_experts: int = 4, top_k: int = 2,
                capacity_factor: float | None = None, tokens_per_rank: int = 32, dim: int = 16, hidden: int = 32,
                lr: float = 0.05, seed: int = 0) -> dict:
-    """Train ``x + MoE(x)`` on a regression target, data plus expert parallel, from the same
+    """Train ``x + MoE(x)`` with SGD on a regression target, data plus expert parallel, from the same
     start as a one-process copy trained on the whole batch (rank 0).
 
     Each rank takes its slice of every batch (data parallel); the loss is the mean squared
@@ -179,31 +209,28 @@ def train_task(rank: int, world_size: int, steps: int = 5, num_experts: int = 4,
     Returns both loss curves and the largest difference of the final expert weights.
     """
     torch.manual_seed(seed)
-    layer = MoELayer(dim, num_experts=num_experts, top_k=top_k, hidden_dim=hidden, capacity_factor=capacity_factor)
+    layer = MoELayer(dim, num_experts=num_experts, top_k=top_k, hidden_dim=hidden,
+                     capacity_factor=capacity_factor).to(_device())
     reference = copy.deepcopy(layer)
     shard = shard_moe_layer(layer, rank, world_size)
-    optimizer = torch.optim.SGD(shard.parameters(), lr=lr)
-    reference_optimizer = torch.optim.SGD(reference.parameters(), lr=lr)
     losses, reference_losses, step_seconds = [], [], []
     total = world_size * tokens_per_rank * dim
     for step in range(steps):
-        x, y = _teacher_batch(step, world_size * tokens_per_rank, dim, seed)
+        x, y = (t.to(_device()) for t in _teacher_batch(step, world_size * tokens_per_rank, dim, seed))
         started = time.perf_counter()
         chunk, target = x.chunk(world_size)[rank], y.chunk(world_size)[rank]
         loss = ((chunk + shard(chunk) - target) ** 2).sum() / total
-        optimizer.zero_grad()
         loss.backward()
         all_reduce_replicated_grads(shard)
-        optimizer.step()
+        _sgd_step(shard, lr)
         global_loss = loss.detach().clone()
         dist.all_reduce(global_loss)
         step_seconds.append(time.perf_counter() - started)
         losses.append(float(global_loss))
         if rank == 0:
             reference_loss = ((x + reference_forward(reference, x, world_size) - y) ** 2).sum() / total
-            reference_optimizer.zero_grad()
             reference_loss.backward()
-            reference_optimizer.step()
+            _sgd_step(reference, lr)
             reference_losses.append(float(reference_loss.detach()))
     weights = _gather({shard.first_expert + i: {n: p.detach() for n, p in e.named_parameters()}
                        for i, e in enumerate(shard.experts)})
@@ -243,10 +270,11 @@ def measure_one(rank: int, world_size: int, tokens_per_rank: int = 512, num_expe
     lean = torch.nn.functional.normalize(torch.ones(dim), dim=0)
     with torch.no_grad():
         layer.router.proj.weight[0] += skew * lean
-    shard = shard_moe_layer(layer, rank, world_size)
+    shard = shard_moe_layer(layer.to(_device()), rank, world_size)
     shard.time_phases = True
     generator = torch.Generator().manual_seed(seed + 1)
     x = (torch.randn(world_size * tokens_per_rank, dim, generator=generator) + lean).chunk(world_size)[rank]
+    x = x.to(_device())
     phases, steps = [], []
     for repeat in range(repeats + 1):                      # the first pass is a warm-up
         dist.barrier()
