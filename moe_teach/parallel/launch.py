@@ -74,8 +74,9 @@ def _worker_main(rank: int, world_size: int, port: int, backend: str, task, kwar
     try:
         if backend == "nccl":
             torch.cuda.set_device(rank)
+        # the launcher's deadline ends a hung run; the group's own timeout is only a backstop
         dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                                world_size=world_size, timeout=datetime.timedelta(seconds=timeout))
+                                world_size=world_size, timeout=datetime.timedelta(seconds=timeout + 60))
         result = task(rank, world_size, **kwargs)
         if rank == 0:
             torch.save(result, folder / "result.pt")
