@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "check": ("moe_teach.course.grading", "run a learner's exercise notebook and print a scorecard"),
     "train": ("moe_teach.lm.training", "train the small MoE language model outside a notebook"),
     "dashboard": ("moe_teach.course.dashboard_app", "serve the lesson-09 routing dashboard as a web page (Voila)"),
+    "parallel": ("moe_teach.course.parallel_cli", "run the expert-parallel MoE layer on N local processes"),
 }
 
 

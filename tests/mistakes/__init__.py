@@ -24,6 +24,7 @@ from . import (
     lesson08_performance,
     lesson09_routing_dashboard,
     lesson10_modern_moe,
+    lesson11_expert_parallelism,
 )
 
 LESSONS = (
@@ -36,6 +37,7 @@ LESSONS = (
     lesson08_performance,
     lesson09_routing_dashboard,
     lesson10_modern_moe,
+    lesson11_expert_parallelism,
 )
 MISTAKES = {task: wrong for lesson in LESSONS for task, wrong in lesson.MISTAKES.items()}
 

@@ -15,6 +15,7 @@ from . import (  # noqa: F401  (each registers its tasks)
     lesson08_performance,
     lesson09_routing_dashboard,
     lesson10_modern_moe,
+    lesson11_expert_parallelism,
 )
 from .core import (
     DONE,
