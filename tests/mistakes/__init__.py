@@ -21,10 +21,11 @@ from . import (
     lesson04_dispatch_capacity,
     lesson05_load_balancing,
     lesson06_transformer_block,
+    lesson07_training_lm,
 )
 
 LESSONS = (lesson01_experts, lesson02_gating, lesson03_topk_sparsity, lesson04_dispatch_capacity,
-           lesson05_load_balancing, lesson06_transformer_block)
+           lesson05_load_balancing, lesson06_transformer_block, lesson07_training_lm)
 MISTAKES = {task: wrong for lesson in LESSONS for task, wrong in lesson.MISTAKES.items()}
 
 
