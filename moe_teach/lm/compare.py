@@ -97,7 +97,8 @@ class ArmResult:
 
 @dataclass
 class Comparison:
-    """All arms of one seed, plus the routing churn of ``scratch_moe`` measured during training."""
+    """All arms of one seed, the routing churn of ``scratch_moe`` measured during training, and
+    ``upcycle_source``: the dense model at step ``upcycle_at`` that ``upcycled`` started from."""
 
     seed: int
     steps: int
@@ -105,6 +106,7 @@ class Comparison:
     arms: dict[str, ArmResult]
     churn_steps: list[int] = field(default_factory=list)
     churn: list[float] = field(default_factory=list)
+    upcycle_source: LanguageModel | None = None
 
     def answer_loss(self, arm: str) -> float:
         return self.arms[arm].scores["answer_loss"]["all"]
@@ -160,6 +162,7 @@ def run_comparison(
         optimizer = make_optimizer(dense.model, train_config)
         _timed_train(dense, data, train_config, "dense_active", progress, stop_step=upcycle_at, optimizer=optimizer)
         snapshot = copy.deepcopy(dense.model)
+        result.upcycle_source = snapshot
         if "upcycled" in arms:
             upcycled = ArmResult(upcycle(snapshot, moe.num_experts, moe.top_k, router_seed=seed))
             _timed_train(upcycled, data, train_config, "upcycled", progress, start_step=upcycle_at)

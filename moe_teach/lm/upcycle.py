@@ -24,7 +24,7 @@ from torch import nn
 
 from ..experts import Expert
 from ..moe_layer import MoEConfig, MoELayer
-from ..validation import check_positive_int, check_top_k
+from ..validation import check_non_negative_float, check_positive_int, check_top_k
 from .model import LanguageModel, LMConfig
 
 
@@ -40,6 +40,9 @@ def upcycle_layer(dense: Expert, num_experts: int, top_k: int = 1, router_seed: 
         raise TypeError(f"dense must be an Expert (a dense feed-forward), got {type(dense).__name__}")
     check_positive_int("num_experts", num_experts)
     check_top_k(top_k, num_experts)
+    router_std = check_non_negative_float("router_std", router_std)
+    if "bias" in moe_options:
+        raise ValueError("bias cannot be chosen: the experts copy the dense layer, biases included")
     layer = MoELayer(dense.input_dim, dense.output_dim, num_experts, top_k, dense.hidden_dim, dense.activation,
                      bias=dense.up.bias is not None, **moe_options)
     for expert in layer.experts:
