@@ -235,7 +235,7 @@ def train_model(
         if callback is not None:
             callback(step, model)
         if step % 10 == 0 or step == stop_step - 1:
-            bar.set_postfix(loss=f"{task.item():.3f}")
+            bar.set_postfix(loss=f"{task.item():.3f}", refresh=False)  # redrawn at tqdm's own pace
     bar.close()
     if progress:  # one plain line that stays readable in a static copy of the notebook
         print(f"{desc}: steps {start_step}-{stop_step} of {config.steps}, "
