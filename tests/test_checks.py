@@ -356,6 +356,7 @@ def test_every_task_with_tensor_inputs_refuses_a_changed_input():
     assert sorted(without_tensors) == ["capacity_per_expert", "claimed_saving", "count_expert_parameters",
                                        "exchange_on_two_processes",         # runs in two worker processes
                                        "layer_flops", "layer_parameters",   # numbers only
+                                       "perplexity_from_sums",              # lists of numbers
                                        "top_tokens"]                        # lists of words and ids
 
 

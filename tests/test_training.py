@@ -194,3 +194,101 @@ def test_cli_checks_out_before_training(tmp_path, capsys):
     assert "is a folder" in capsys.readouterr().err
     out = tmp_path / "new" / "deeper" / "lm.pt"
     assert main([*CLI_BASE, "--out", str(out)]) == 0 and out.is_file()
+
+
+# ----------------------------------------------------------------------------- lesson 07's knowledge runs
+def test_a_continued_schedule_equals_an_uninterrupted_one(prepared):
+    from moe_teach.lm.training import make_optimizer
+
+    config = TrainConfig(steps=12, batch_size=4, warmup_steps=3, lr=1e-2)
+    whole = build_model(tiny_config(prepared), seed=1)
+    train_model(whole, prepared.train, config, progress=False)
+    pieces = build_model(tiny_config(prepared), seed=1)
+    optimizer = make_optimizer(pieces, config)
+    first = train_model(pieces, prepared.train, config, progress=False, stop_step=5, optimizer=optimizer)
+    second = train_model(pieces, prepared.train, config, progress=False, start_step=5, optimizer=optimizer)
+    assert len(first.loss) == 5 and len(second.loss) == 7
+    assert second.lr == [learning_rate(s, config) for s in range(5, 12)]
+    for (name, a), b in zip(whole.state_dict().items(), pieces.state_dict().values()):
+        assert torch.equal(a, b), name
+    # a fresh optimizer at step 5 is a different run: the test above can tell them apart
+    fresh = build_model(tiny_config(prepared), seed=1)
+    train_model(fresh, prepared.train, config, progress=False, stop_step=5)
+    train_model(fresh, prepared.train, config, progress=False, start_step=5)
+    assert not all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), fresh.state_dict().values()))
+
+
+def test_bad_step_ranges(prepared):
+    model = build_model(tiny_config(prepared), seed=0)
+    config = TrainConfig(steps=4, batch_size=2, warmup_steps=1)
+    with pytest.raises(ValueError, match="start_step"):
+        train_model(model, prepared.train, config, progress=False, start_step=4)
+    with pytest.raises(ValueError, match="stop_step"):
+        train_model(model, prepared.train, config, progress=False, stop_step=5)
+    with pytest.raises(TypeError, match="config"):
+        train_model(model, prepared.train, {"steps": 3}, progress=False)
+
+
+def test_answer_token_loss_against_a_hand_computed_example():
+    import math
+
+    from moe_teach.lm.training import answer_token_loss
+
+    # vocabulary of 3; logits log(p) so the probabilities are readable
+    probs = torch.tensor([[[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.25, 0.25, 0.5]]])  # [1, 3, 3]
+    targets = torch.tensor([[0, 2, 2]])
+    answers = torch.tensor([[False, True, True]])
+    expected = -(math.log(0.3) + math.log(0.5)) / 2           # positions 1 and 2 only
+    assert answer_token_loss(probs.log(), targets, answers).item() == pytest.approx(expected)
+    with pytest.raises(ValueError, match="answer"):
+        answer_token_loss(probs.log(), targets, torch.zeros(1, 3, dtype=torch.bool))
+
+
+def test_evaluate_answers_matches_per_document_sums():
+    from moe_teach.lm.compare import knowledge_config, prepare_knowledge
+    from moe_teach.lm.training import LMData, answer_token_loss, evaluate_answers
+
+    knowledge = prepare_knowledge(seed=0)
+    data = knowledge.validation
+    small = LMData(data.inputs[:10], data.targets[:10], data.domains[:10], data.pad_id, data.answer_mask[:10])
+    model = build_model(knowledge_config(len(knowledge.tokenizer)), seed=0).eval()
+    scores = evaluate_answers(model, small, batch_size=3)
+    with torch.no_grad():
+        logits = model(small.inputs)
+    assert scores["answer_loss"]["all"] == pytest.approx(
+        answer_token_loss(logits, small.targets, small.answer_mask).item(), rel=1e-5)
+    real = small.targets != small.pad_id
+    nll = torch.nn.functional.cross_entropy(logits[real], small.targets[real])
+    assert scores["perplexity"]["all"] == pytest.approx(torch.exp(nll).item(), rel=1e-5)
+    # each document states 4 facts, so the answer mask marks 4 targets per row
+    assert (small.answer_mask.sum(dim=1) == 4).all()
+
+
+def test_cli_compare_last_line_parses(capsys):
+    code = main(["train", "--compare", "--steps", "4", "--upcycle-at", "2", "--seed", "3", "--no-progress"])
+    assert code == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    pairs = dict(item.split("=") for item in last.split(" "))
+    assert list(pairs) == ["upcycled", "dense_continued", "scratch_moe", "dense_active", "dense_total"]
+    assert all(0 < float(v) < 10 for v in pairs.values())
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (["--upcycle-at", "4"], "--upcycle-at"),
+        (["--upcycle-at", "0"], "--upcycle-at"),
+        (["--steps", "1"], "--steps"),
+        (["--model", "dense-total"], "--model"),
+        (["--seed", "-1"], "--seed"),
+    ],
+)
+def test_cli_compare_rejects_bad_flags(capsys, extra, named):
+    assert main(["train", "--compare", "--steps", "4", "--no-progress", *extra]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and named in error
+
+
+def test_upcycle_at_needs_compare(tmp_path, capsys):
+    assert main([*CLI_BASE, "--out", str(tmp_path / "lm.pt"), "--upcycle-at", "3"]) == 2
+    assert "--upcycle-at" in capsys.readouterr().err

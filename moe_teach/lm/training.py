@@ -48,6 +48,7 @@ class LMData:
     targets: torch.Tensor
     domains: torch.Tensor
     pad_id: int = 0
+    answer_mask: torch.Tensor | None = None  # [N, S] True where the target is an answer word (knowledge corpus)
 
     def __len__(self) -> int:
         return self.inputs.shape[0]
@@ -60,16 +61,28 @@ class LMData:
         return inputs[:, :length], targets[:, :length], mask[:, :length]
 
 
-def encode_documents(documents: list[Document], tokenizer: WordTokenizer, max_seq_len: int) -> LMData:
-    """``<bos> words <eos>`` per document, cut to ``max_seq_len + 1`` ids, padded with ``<pad>``."""
+def encode_documents(
+    documents: list[Document], tokenizer: WordTokenizer, max_seq_len: int, answer_words=None
+) -> LMData:
+    """``<bos> words <eos>`` per document, cut to ``max_seq_len + 1`` ids, padded with ``<pad>``.
+
+    ``answer_words`` (a set of words, e.g. the knowledge corpus's values) gives
+    ``answer_mask``: True where the *target* is one of them.
+    """
     check_positive_int("max_seq_len", max_seq_len)
+    if not documents:
+        raise ValueError("documents must be a non-empty list of Document")
     rows = [tokenizer.encode(doc.text, add_bos=True, add_eos=True)[: max_seq_len + 1] for doc in documents]
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), tokenizer.pad_id, dtype=torch.long)
     for i, row in enumerate(rows):
         ids[i, : len(row)] = torch.tensor(row)
     domains = torch.tensor([DOMAINS.index(doc.domain) for doc in documents])
-    return LMData(ids[:, :-1], ids[:, 1:], domains, tokenizer.pad_id)
+    answer_mask = None
+    if answer_words is not None:
+        answer_ids = torch.tensor(sorted({tokenizer.encode(w)[0] for w in answer_words} - {tokenizer.unk_id}))
+        answer_mask = torch.isin(ids[:, 1:], answer_ids)
+    return LMData(ids[:, :-1], ids[:, 1:], domains, tokenizer.pad_id, answer_mask)
 
 
 @dataclass
@@ -146,6 +159,9 @@ def learning_rate(step: int, config: TrainConfig) -> float:
 
 def batch_schedule(num_rows: int, steps: int, batch_size: int, seed: int) -> torch.Tensor:
     """``[steps, batch_size]`` row ids: shuffled epochs from a seeded generator (same for every model)."""
+    check_positive_int("num_rows", num_rows)
+    check_positive_int("steps", steps)
+    check_positive_int("batch_size", batch_size)
     generator = torch.Generator().manual_seed(seed)
     epochs = math.ceil(steps * batch_size / num_rows)
     order = torch.cat([torch.randperm(num_rows, generator=generator) for _ in range(epochs)])
@@ -164,24 +180,48 @@ class History:
     expert_load: list[torch.Tensor] = field(default_factory=list)
 
 
+def make_optimizer(model: LanguageModel, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over every parameter with ``config``'s weight decay (the learning rate is set each step)."""
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
 def train_model(
     model: LanguageModel,
     data: LMData,
     config: TrainConfig | None = None,
     progress: bool = True,
     desc: str = "training",
+    start_step: int = 0,
+    stop_step: int | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    callback=None,
 ) -> History:
-    """Train ``model`` in place on ``data``; returns the per-step :class:`History`."""
+    """Train ``model`` in place on ``data``; returns the per-step :class:`History`.
+
+    ``config.steps`` is the length of the whole schedule (learning rates and batches); this
+    call runs steps ``start_step`` to ``stop_step`` (default: to the end) of it. Pass the same
+    ``optimizer`` (from :func:`make_optimizer`) to continue a run: two calls 0..n and n..end
+    give exactly the weights of one uninterrupted call. Without one, a fresh AdamW starts.
+    ``callback(step, model)``, if given, runs after each optimizer step (e.g. to read routing).
+    """
     config = TrainConfig() if config is None else config
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    stop_step = config.steps if stop_step is None else stop_step
+    check_non_negative_int("start_step", start_step)
+    check_positive_int("stop_step", stop_step)
+    if not start_step < stop_step <= config.steps:
+        raise ValueError(f"need 0 <= start_step < stop_step <= config.steps={config.steps}, "
+                         f"got start_step={start_step}, stop_step={stop_step}")
+    optimizer = make_optimizer(model, config) if optimizer is None else optimizer
     schedule = batch_schedule(len(data), config.steps, config.batch_size, config.seed)
     history = History()
     model.train()
-    bar = tqdm(schedule, desc=desc, disable=not progress, leave=True)
-    for step, rows in enumerate(bar):
+    bar = tqdm(range(start_step, stop_step), desc=desc, disable=not progress, leave=True)
+    for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
-        inputs, targets, mask = data.batch(rows)
+        inputs, targets, mask = data.batch(schedule[step])
         task = lm_loss(model(inputs, token_mask=mask), targets, data.pad_id)
         aux = collect_aux_losses(model)
         loss = task
@@ -192,11 +232,14 @@ def train_model(
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         _record(history, task, aux, optimizer.param_groups[0]["lr"], grad_norm, model)
-        if step % 10 == 0 or step == config.steps - 1:
-            bar.set_postfix(loss=f"{task.item():.3f}")
+        if callback is not None:
+            callback(step, model)
+        if step % 10 == 0 or step == stop_step - 1:
+            bar.set_postfix(loss=f"{task.item():.3f}", refresh=False)  # redrawn at tqdm's own pace
     bar.close()
     if progress:  # one plain line that stays readable in a static copy of the notebook
-        print(f"{desc}: {config.steps} steps, final training loss {history.loss[-1]:.3f}")
+        print(f"{desc}: steps {start_step}-{stop_step} of {config.steps}, "
+              f"final training loss {history.loss[-1]:.3f}")
     return history
 
 
@@ -216,6 +259,7 @@ def _record(history: History, task, aux, lr, grad_norm, model) -> None:
 @torch.no_grad()
 def evaluate(model: LanguageModel, data: LMData, batch_size: int = 64) -> dict[str, float]:
     """Validation perplexity ``exp(mean next-token loss)`` per domain and over ``"all"`` (eval mode)."""
+    check_positive_int("batch_size", batch_size)
     was_training = model.training
     model.eval()
     nll = torch.zeros(len(DOMAINS), dtype=torch.float64)
@@ -236,6 +280,78 @@ def evaluate(model: LanguageModel, data: LMData, batch_size: int = 64) -> dict[s
     return result
 
 
+def answer_token_loss(logits: torch.Tensor, targets: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the answer positions only; ``logits [B, S, V]``, the masks ``[B, S]``.
+
+    The knowledge corpus's answer words are the attribute values: the part of a document a
+    model can only get right by having stored the fact.
+    """
+    if not answer_mask.any():
+        raise ValueError("answer_mask selects no token: there is no answer token to score")
+    losses = F.cross_entropy(logits.transpose(1, 2).float(), targets, reduction="none")  # [B, S]
+    return losses[answer_mask].mean()
+
+
+@torch.no_grad()
+def evaluate_answers(model: LanguageModel, data: LMData, batch_size: int = 64) -> dict[str, dict[str, float]]:
+    """Perplexity, answer-token loss and answer accuracy, per domain and ``"all"`` (eval mode).
+
+    Returns ``{"perplexity": {...}, "answer_loss": {...}, "answer_accuracy": {...}}``, each keyed
+    by domain name and ``"all"``. Sums are kept per domain and divided once at the end
+    (the mean over all tokens, not a mean of batch means). Needs ``data.answer_mask``.
+    """
+    if data.answer_mask is None:
+        raise ValueError("data has no answer_mask: encode it with answer_words (see prepare_knowledge)")
+    check_positive_int("batch_size", batch_size)
+    was_training = model.training
+    model.eval()
+    sums = {key: torch.zeros(len(DOMAINS), dtype=torch.float64)
+            for key in ("nll", "tokens", "answer_nll", "answers", "correct")}
+    for rows in torch.arange(len(data)).split(batch_size):
+        inputs, targets, mask = data.batch(rows)
+        answers = data.answer_mask[rows][:, : inputs.shape[1]]
+        logits = model(inputs, token_mask=mask).float()
+        mask = targets != data.pad_id  # score real targets (the position after <eos> has none)
+        losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").double()  # [B, S]
+        correct = (logits.argmax(dim=-1) == targets).double()
+        domains = data.domains[rows]
+        for key, values, where in (("nll", losses, mask), ("tokens", torch.ones_like(losses), mask),
+                                   ("answer_nll", losses, answers), ("answers", torch.ones_like(losses), answers),
+                                   ("correct", correct, answers)):
+            sums[key].index_add_(0, domains, (values * where).sum(dim=1))
+    model.train(was_training)
+    result = {"perplexity": {}, "answer_loss": {}, "answer_accuracy": {}}
+    for name, index in [*((d, i) for i, d in enumerate(DOMAINS)), ("all", slice(None))]:
+        total = {key: float(value[index].sum()) for key, value in sums.items()}
+        if total["answers"] == 0:
+            continue
+        result["perplexity"][name] = math.exp(total["nll"] / total["tokens"])
+        result["answer_loss"][name] = total["answer_nll"] / total["answers"]
+        result["answer_accuracy"][name] = total["correct"] / total["answers"]
+    return result
+
+
+@torch.no_grad()
+def answer_experts(model: LanguageModel, data: LMData, layer: int = 0, batch_size: int = 256) -> torch.Tensor:
+    """``[A]`` the first-choice expert of every answer position (the token *before* each answer
+    word, which predicts it) in MoE layer ``layer``, in eval mode; for measuring routing churn."""
+    layers = moe_layers(model)
+    if not layers:
+        raise ValueError("the model has no MoE layers, so there is no routing to read")
+    if data.answer_mask is None:
+        raise ValueError("data has no answer_mask: encode it with answer_words (see prepare_knowledge)")
+    was_training = model.training
+    model.eval()
+    chosen = []
+    for rows in torch.arange(len(data)).split(batch_size):
+        inputs, _, mask = data.batch(rows)
+        model(inputs, token_mask=mask)
+        answers = data.answer_mask[rows][:, : inputs.shape[1]].reshape(-1)
+        chosen.append(layers[layer].last_record.expert_indices[answers, 0])
+    model.train(was_training)
+    return torch.cat(chosen)
+
+
 @torch.no_grad()
 def domain_expert_counts(model: LanguageModel, data: LMData, batch_size: int = 64) -> torch.Tensor:
     """``[L, domains, E]`` routing assignments of real (non-padding) tokens, per domain, in eval mode.
@@ -243,6 +359,7 @@ def domain_expert_counts(model: LanguageModel, data: LMData, batch_size: int = 6
     Read from each MoE layer's routing record. Each (layer, domain) row sums to the domain's
     number of real tokens times ``top_k``.
     """
+    check_positive_int("batch_size", batch_size)
     layers = moe_layers(model)
     if not layers:
         raise ValueError("the model has no MoE layers, so there is no routing to count")
@@ -393,7 +510,10 @@ MIN_DOCUMENTS_PER_DOMAIN = 10
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="moe", choices=MODEL_KINDS, help="which model to train")
-    parser.add_argument("--steps", type=int, default=600, help="optimizer steps (>= 1)")
+    parser.add_argument(
+        "--steps", type=int, default=None,
+        help=f"optimizer steps (>= 1; default {DEFAULT_STEPS}, with --compare {DEFAULT_COMPARE_STEPS})",
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="documents per step (>= 1)")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (> 0)")
     parser.add_argument(
@@ -416,10 +536,55 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="torch CPU threads (>= 1); this model is so small that 1 thread is usually fastest",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--compare", action="store_true",
+        help="run lesson 07's comparison on the knowledge corpus instead (upcycled MoE, continued dense, "
+        "MoE from scratch, dense-active, dense-total); the last line gives each one's validation "
+        "answer-token loss. Uses --steps, --upcycle-at, --seed (weights, routers and batches; the corpus "
+        "stays the lesson's), --threads, --no-progress",
+    )
+    parser.add_argument(
+        "--upcycle-at", type=int, default=None,
+        help="with --compare: the dense step at which the MoE is upcycled (default: a third of --steps)",
+    )
+
+
+DEFAULT_STEPS, DEFAULT_COMPARE_STEPS = 600, 750
+COMPARE_IGNORES = ("model", "batch_size", "lr", "documents_per_domain", "experts", "top_k", "layers", "out")
+
+
+def check_compare_args(args: argparse.Namespace) -> tuple[int, int]:
+    """Validate ``--compare``'s arguments; returns ``(steps, upcycle_at)``."""
+    defaults = build_defaults()
+    for name in COMPARE_IGNORES:
+        if getattr(args, name) != defaults[name]:
+            raise ValueError(f"--{name.replace('_', '-')} does not apply to --compare (it trains lesson 07's "
+                             "fixed knowledge-corpus models); leave it out")
+    steps = DEFAULT_COMPARE_STEPS if args.steps is None else args.steps
+    check_positive_int("--steps", steps)
+    check_positive_int("--threads", args.threads)
+    check_non_negative_int("--seed", args.seed)
+    if steps < 2:
+        raise ValueError(f"--steps must be at least 2 with --compare (steps before and after upcycling), got {steps}")
+    upcycle_at = max(1, steps // 3) if args.upcycle_at is None else args.upcycle_at
+    check_positive_int("--upcycle-at", upcycle_at)
+    if upcycle_at >= steps:
+        raise ValueError(f"--upcycle-at must be between 1 and --steps - 1 = {steps - 1}, got {upcycle_at}")
+    return steps, upcycle_at
+
+
+def build_defaults() -> dict:
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    return vars(parser.parse_args([]))
 
 
 def check_args(args: argparse.Namespace) -> Path:
     """Validate every argument before any training; returns the checked ``--out`` path."""
+    if args.upcycle_at is not None:
+        raise ValueError("--upcycle-at only applies with --compare")
+    if args.steps is None:
+        args.steps = DEFAULT_STEPS
     for name in ("steps", "batch_size", "experts", "layers", "threads"):
         check_positive_int(f"--{name.replace('_', '-')}", getattr(args, name))
     check_positive_float("--lr", args.lr)
@@ -447,7 +612,28 @@ def check_writable(out) -> Path:
     return path
 
 
+def run_compare(args: argparse.Namespace) -> int:
+    """``moe-teach train --compare``: lesson 07's five arms for one seed; the last line is machine-readable."""
+    from .compare import prepare_knowledge, run_comparison  # compare imports this module
+
+    steps, upcycle_at = check_compare_args(args)
+    torch.set_num_threads(args.threads)
+    prepared = prepare_knowledge(seed=0)  # the lesson's corpus; --seed varies weights, routers and batches
+    comparison = run_comparison(prepared, seed=args.seed, steps=steps, upcycle_at=upcycle_at,
+                                progress=not args.no_progress)
+    print(f"seed {args.seed}, {steps} steps, upcycled at step {upcycle_at}; validation answer-token loss "
+          "(perplexity, answer accuracy):")
+    for name, arm in comparison.arms.items():
+        scores = arm.scores
+        print(f"  {name:<16}{scores['answer_loss']['all']:.4f}  ({scores['perplexity']['all']:.3f}, "
+              f"{scores['answer_accuracy']['all']:.1%}), {arm.ms_per_step:.1f} ms per step")
+    print(comparison.last_line())
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.compare:
+        return run_compare(args)
     out = check_args(args)
     torch.set_num_threads(args.threads)
     prepared = prepare_data(args.documents_per_domain, seed=args.seed)

@@ -12,6 +12,7 @@ from . import (  # noqa: F401  (each registers its tasks)
     lesson04_dispatch_capacity,
     lesson05_load_balancing,
     lesson06_transformer_block,
+    lesson07_training_lm,
     lesson08_performance,
     lesson09_routing_dashboard,
     lesson10_modern_moe,
