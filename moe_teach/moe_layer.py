@@ -10,7 +10,8 @@ One forward pass, in four steps:
     routed = router(tokens)                         # RouterOutput: who goes where, with what weight
     kept   = apply_capacity(...)                    # [T, k] which assignments fit (all if dropless)
     output = DISPATCHERS[dispatch](tokens, experts, routed.expert_indices, routed.expert_weights, kept)
-    record = make_record(routed, kept, ...)         # plus the auxiliary losses the router declares
+    record = make_record(routed, kept, ...)         # plus the auxiliary losses the router declares,
+                                                    # each computed when first read
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import nn
 
 from .dispatch import DISPATCHERS
 from .experts import ACTIVATIONS, check_expert_input, make_experts
-from .losses import AUX_LOSSES
+from .losses import LazyAuxLosses
 from .routing import ROUTERS, RouterOutput, RoutingRecord, apply_capacity, build_router, expert_capacity
 from .validation import check_choice, check_positive_float, check_positive_int, check_top_k
 
@@ -152,6 +153,9 @@ class MoELayer(nn.Module):
                     token_mask: torch.Tensor | None = None) -> RoutingRecord:
         """The :class:`RoutingRecord` of a routing decision, with the auxiliary losses the router declares.
 
+        The losses are a :class:`~moe_teach.losses.LazyAuxLosses`: each is computed the first
+        time it is read (a training loop reads the ones it adds to the loss; evaluation reads none).
+
         ``kept`` ``[T, k]`` is the capacity mask; ``token_mask`` ``[T]`` (True = real token)
         keeps padding out of the auxiliary losses.
         """
@@ -160,7 +164,7 @@ class MoELayer(nn.Module):
             expert_weights=routed.expert_weights, kept=kept, capacity=capacity, token_mask=token_mask,
             valid=routed.valid, selection_scores=routed.selection_scores,
         )
-        record.aux_losses = {name: AUX_LOSSES[name](record, routed) for name in self.router.aux_losses}
+        record.aux_losses = LazyAuxLosses(self.router.aux_losses, record, routed)  # computed when read
         return record
 
     def extra_repr(self) -> str:
