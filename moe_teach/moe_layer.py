@@ -16,7 +16,7 @@ One forward pass, in four steps:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
@@ -164,7 +164,9 @@ class MoELayer(nn.Module):
             expert_weights=routed.expert_weights, kept=kept, capacity=capacity, token_mask=token_mask,
             valid=routed.valid, selection_scores=routed.selection_scores,
         )
-        record.aux_losses = LazyAuxLosses(self.router.aux_losses, record, routed)  # computed when read
+        # computed when read, from a copy of the record without its losses: no reference cycle
+        # keeps the forward pass's tensors alive once the record is dropped
+        record.aux_losses = LazyAuxLosses(self.router.aux_losses, replace(record), routed)
         return record
 
     def extra_repr(self) -> str:

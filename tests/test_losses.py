@@ -185,3 +185,18 @@ def test_a_lazy_loss_read_under_no_grad_keeps_the_forward_passes_gradient():
     with torch.no_grad():
         _, evaluated = layer(torch.randn(5, 6), return_record=True)
     assert not evaluated.aux_losses["z"].requires_grad
+
+
+def test_a_dropped_record_is_freed_at_once_lazy_losses_make_no_reference_cycle():
+    import gc
+    import weakref
+
+    layer = MoELayer(6, 6, num_experts=4, top_k=2)
+    _, record = layer(torch.randn(5, 6), return_record=True)
+    probe = weakref.ref(record)
+    layer.last_record = record = None
+    gc.disable()  # only reference counting may free it
+    try:
+        assert probe() is None
+    finally:
+        gc.enable()
