@@ -194,9 +194,9 @@ def test_a_dropped_record_is_freed_at_once_lazy_losses_make_no_reference_cycle()
     layer = MoELayer(6, 6, num_experts=4, top_k=2)
     _, record = layer(torch.randn(5, 6), return_record=True)
     probe = weakref.ref(record)
-    layer.last_record = record = None
     gc.disable()  # only reference counting may free it
     try:
+        layer.last_record = record = None
         assert probe() is None
     finally:
         gc.enable()
