@@ -152,7 +152,7 @@ def inverse_permutation(order: torch.Tensor) -> torch.Tensor:
     Gathering with it (one pass) undoes the sort; filling zeros and copying into them takes three.
     """
     inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(order.numel())
+    inverse[order] = torch.arange(order.numel(), device=order.device)
     return inverse
 
 
