@@ -131,3 +131,15 @@ def test_cli_help_shows_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--help"])
     assert "(default: 4096)" in capsys.readouterr().out
+
+
+def test_the_cpu_clock_does_not_count_time_spent_waiting():
+    import time
+
+    from moe_teach.lessons.timing import time_callable
+
+    wall = time_callable(lambda: time.sleep(0.02), repeats=2, warmup=0, clock="wall")
+    cpu = time_callable(lambda: time.sleep(0.02), repeats=2, warmup=0, clock="cpu")
+    assert wall.median >= 0.02 > 10 * cpu.median
+    with pytest.raises(ValueError, match="clock must be one of"):
+        time_callable(lambda: None, clock="sundial")

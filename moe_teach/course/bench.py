@@ -38,7 +38,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from ..dispatch import DISPATCHERS
 from ..experts import ACTIVATIONS, Expert, make_experts
-from ..lessons.timing import compare, torch_threads
+from ..lessons.timing import CLOCKS, compare, torch_threads
 from ..lm.model import LMConfig
 from ..lm.training import TrainConfig, build_model, model_config, prepare_data, train_model
 from ..moe_layer import MoELayer
@@ -137,11 +137,12 @@ def _graph_leaves(fn) -> list[torch.Tensor]:
 
 
 def run_benchmark(tokens=4096, width=256, hidden=1024, num_experts=8, top_k=2, activation="relu",
-                  repeats=10, seed=0, rounds=3, progress=False, wide_experts: int | None = 32) -> dict[str, float]:
+                  repeats=10, seed=0, rounds=3, progress=False, wide_experts: int | None = 32,
+                  clock: str = "wall") -> dict[str, float]:
     """Median forward+backward seconds per case. Cases are interleaved over ``rounds`` to share noise."""
     _check_sizes(tokens, width, hidden, num_experts, top_k, activation, repeats)
     cases = make_cases(tokens, width, hidden, num_experts, top_k, activation, seed, wide_experts)
-    timings = compare(cases, repeats=repeats, warmup=1, rounds=rounds, seed=None, progress=progress)
+    timings = compare(cases, repeats=repeats, warmup=1, rounds=rounds, seed=None, progress=progress, clock=clock)
     return {name: timing.median for name, timing in timings.items()}
 
 
@@ -163,7 +164,7 @@ def lesson_config(vocab_size: int) -> LMConfig:
 
 
 def run_lesson_benchmark(repeats: int = 10, steps_per_call: int = 4, rounds: int = 5, seed: int = 0,
-                         documents_per_domain: int = 300) -> dict[str, float]:
+                         documents_per_domain: int = 300, clock: str = "wall") -> dict[str, float]:
     """Median seconds per training step of lesson 07's three models (batch 16 x 48 tokens, one thread).
 
     Each timed call is ``train_model`` for ``steps_per_call`` steps (the loop lesson 07 runs:
@@ -180,7 +181,7 @@ def run_lesson_benchmark(repeats: int = 10, steps_per_call: int = 4, rounds: int
 
     with torch_threads(1):
         cases = {LESSON_CASES[kind]: step(build_model(model_config(kind, base), seed)) for kind in LESSON_CASES}
-        timings = compare(cases, repeats=repeats, warmup=1, rounds=rounds, seed=None)
+        timings = compare(cases, repeats=repeats, warmup=1, rounds=rounds, seed=None, clock=clock)
     return {name: timing.median / steps_per_call for name, timing in timings.items()}
 
 
@@ -317,6 +318,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-hf", action="store_true", help="skip the Hugging Face Mixtral rows")
     parser.add_argument("--contention", action="store_true",
                         help="also time the bench shape with a second CPU-bound process running")
+    parser.add_argument("--clock", default="wall", choices=tuple(CLOCKS),
+                        help="wall: elapsed time; cpu: this process's CPU time (steadier on a busy machine "
+                             "with --threads 1)")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -328,9 +332,9 @@ def run(args: argparse.Namespace) -> int:
         check_top_k(args.top_k, wide)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, forward+backward, "
           f"{args.tokens} tokens, width {args.width}, expert hidden {args.hidden}, "
-          f"{args.experts} experts, top-{args.top_k}, {args.activation}", flush=True)
+          f"{args.experts} experts, top-{args.top_k}, {args.activation}, {args.clock} clock", flush=True)
     times = run_benchmark(args.tokens, args.width, args.hidden, args.experts, args.top_k, args.activation,
-                          args.repeats, args.seed, wide_experts=wide)
+                          args.repeats, args.seed, wide_experts=wide, clock=args.clock)
     cases = make_cases(args.tokens, args.width, args.hidden, args.experts, args.top_k, args.activation,
                        args.seed, wide)
     peaks = measure_peak_memory(cases)
@@ -338,14 +342,15 @@ def run(args: argparse.Namespace) -> int:
     if args.contention:
         with cpu_contention():
             loaded = run_benchmark(args.tokens, args.width, args.hidden, args.experts, args.top_k,
-                                   args.activation, args.repeats, args.seed, wide_experts=None)
-    lesson = None if args.no_lesson else run_lesson_benchmark(repeats=args.repeats, seed=args.seed)
+                                   args.activation, args.repeats, args.seed, wide_experts=None, clock=args.clock)
+    lesson = None if args.no_lesson else run_lesson_benchmark(repeats=args.repeats, seed=args.seed,
+                                                              clock=args.clock)
     hf = None
     if not args.no_hf:
         hf_cases = hf_mixtral_cases(args.tokens, args.width, args.hidden, args.experts, args.top_k, args.seed)
         if hf_cases:
             hf = {name: t.median for name, t in compare(hf_cases, repeats=args.repeats, warmup=1, rounds=3,
-                                                         seed=None).items()}
+                                                         seed=None, clock=args.clock).items()}
         else:
             print("(transformers not importable: no Hugging Face rows)")
     print(format_report(times, args.top_k, args.experts, peaks, lesson, hf, loaded))
