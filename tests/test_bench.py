@@ -102,6 +102,7 @@ def test_cli_arguments_reach_the_benchmark(capsys):
     out = capsys.readouterr().out
     assert "32 tokens, width 8, expert hidden 8, 2 experts, top-1" in out
     assert "moe_grouped_e4" in out and "with a second CPU-bound process" in out
+    assert ("on one thread: grouped/dense_active" in out) == (torch.get_num_threads() > 1)
     assert out.strip().splitlines()[-1].startswith("grouped_vs_dense_active=")
 
 

@@ -20,7 +20,10 @@ AdamW) of the MoE model and of its dense-active and dense-total twins, through `
 with our SwiGLU experts' weights, in each experts implementation it offers, against our
 whole ``MoELayer`` (router included on both sides).
 
-``--contention`` repeats the bench shape with a second CPU-bound process running. The last
+``--contention`` repeats the bench shape with a second CPU-bound process running (and, when
+torch uses several threads, once more on one thread under the same load: the grouped path's
+many small operations are each a parallel region whose threads wait for each other, so a
+busy core slows it far more than the dense path's few large ones). The last
 printed line is machine-readable: ``grouped_vs_dense_active=R1 all_experts_vs_grouped=R2
 lesson_moe_vs_dense_active=R3 lesson_moe_vs_dense_total=R4 hf_grouped_mm_vs_ours=R5`` (R5
 only when measured). All ratios are of medians from this run, cases measured in interleaved rounds.
@@ -264,7 +267,8 @@ def cpu_contention():
 # ----------------------------------------------------------------------------- the report
 def format_report(times: dict[str, float], top_k: int, num_experts: int, peaks: dict[str, int] | None = None,
                   lesson: dict[str, float] | None = None, hf: dict[str, float] | None = None,
-                  loaded: dict[str, float] | None = None) -> str:
+                  loaded: dict[str, float] | None = None,
+                  loaded_one_thread: dict[str, float] | None = None) -> str:
     """The tables and the final ratio line (see the module docstring)."""
     dense = times["dense_active"]
     peaks = peaks or {}
@@ -285,6 +289,12 @@ def format_report(times: dict[str, float], top_k: int, num_experts: int, peaks: 
         lines.append(f"with a second CPU-bound process: grouped/dense_active {loaded_dense:.2f} "
                      f"(quiet {ratio_dense:.2f}, x{loaded_dense / ratio_dense:.2f}), all_experts/grouped "
                      f"{loaded['moe_all_experts'] / loaded['moe_grouped']:.2f} (quiet {ratio_all:.2f})")
+    if loaded_one_thread is not None:
+        lines.append(f"with it, on one thread: grouped/dense_active "
+                     f"{loaded_one_thread['moe_grouped'] / loaded_one_thread['dense_active']:.2f}, all_experts/grouped "
+                     f"{loaded_one_thread['moe_all_experts'] / loaded_one_thread['moe_grouped']:.2f} (each of the "
+                     f"grouped path's many small operations is a parallel region whose threads wait for each other; "
+                     f"a busy core keeps one of them waiting)")
     if lesson is not None:
         lesson_dense = lesson["lesson_dense_active"]
         lines.append(f"{'lesson-07 LM step':<21}{'ms per step':>14}{'/ dense_active':>16}")
@@ -338,11 +348,16 @@ def run(args: argparse.Namespace) -> int:
     cases = make_cases(args.tokens, args.width, args.hidden, args.experts, args.top_k, args.activation,
                        args.seed, wide)
     peaks = measure_peak_memory(cases)
-    loaded = None
+    loaded = loaded_one_thread = None
     if args.contention:
         with cpu_contention():
             loaded = run_benchmark(args.tokens, args.width, args.hidden, args.experts, args.top_k,
                                    args.activation, args.repeats, args.seed, wide_experts=None, clock=args.clock)
+            if torch.get_num_threads() > 1:  # is it the threads waiting for each other?
+                with torch_threads(1):
+                    loaded_one_thread = run_benchmark(args.tokens, args.width, args.hidden, args.experts,
+                                                      args.top_k, args.activation, args.repeats, args.seed,
+                                                      wide_experts=None, clock=args.clock)
     lesson = None if args.no_lesson else run_lesson_benchmark(repeats=args.repeats, seed=args.seed,
                                                               clock=args.clock)
     hf = None
@@ -353,5 +368,5 @@ def run(args: argparse.Namespace) -> int:
                                                          seed=None, clock=args.clock).items()}
         else:
             print("(transformers not importable: no Hugging Face rows)")
-    print(format_report(times, args.top_k, args.experts, peaks, lesson, hf, loaded))
+    print(format_report(times, args.top_k, args.experts, peaks, lesson, hf, loaded, loaded_one_thread))
     return 0
