@@ -134,7 +134,8 @@ def sort_by_expert(x: torch.Tensor, expert_indices: torch.Tensor, num_experts: i
     else:
         kept_ids = kept.reshape(-1).nonzero().squeeze(1)
         order = kept_ids[torch.argsort(flat_experts[kept_ids], stable=True)]
-    counts = torch.bincount(flat_experts[order], minlength=num_experts).tolist()
+    kept_experts = flat_experts if kept is None or order.numel() == flat_experts.numel() else flat_experts[order]
+    counts = torch.bincount(kept_experts, minlength=num_experts).tolist()  # counting needs no order
     return SortedAssignments(order, counts, x.index_select(0, order // top_k), top_k)
 
 
@@ -150,7 +151,7 @@ def run_experts(experts: nn.ModuleList, sorted_in: SortedAssignments) -> torch.T
 
 
 def combine(sorted_out: torch.Tensor, sorted_in: SortedAssignments, weights: torch.Tensor) -> torch.Tensor:
-    """Stage 3: weight each output, put it back in its (token, slot) place, sum over slots.
+    """Stage 3: put each output back in its (token, slot) place, weight it, sum over slots.
 
     ``sorted_out`` ``[N, O]``, ``weights`` ``[T, k]`` -> ``[T, O]``.
     """
@@ -161,10 +162,23 @@ def combine(sorted_out: torch.Tensor, sorted_in: SortedAssignments, weights: tor
         raise ValueError(f"sorted_out must have {sorted_in.order.numel()} rows and weights "
                          f"{sorted_in.top_k} columns, got {tuple(sorted_out.shape)} and {tuple(weights.shape)}")
     num_tokens, top_k = weights.shape
-    flat_weights = weights.reshape(-1).index_select(0, sorted_in.order).unsqueeze(1)  # [N, 1]
-    slot_outputs = sorted_out.new_zeros(num_tokens * top_k, sorted_out.shape[-1])     # [T*k, O]
-    slot_outputs = slot_outputs.index_copy(0, sorted_in.order, sorted_out * flat_weights)
-    return slot_outputs.view(num_tokens, top_k, -1).sum(dim=1)
+    if sorted_in.order.numel() == num_tokens * top_k:  # every slot kept: ``order`` is a permutation
+        slot_outputs = sorted_out.index_select(0, inverse_permutation(sorted_in.order))  # [T*k, O]
+    else:  # dropped slots stay zero
+        slot_outputs = sorted_out.new_zeros(num_tokens * top_k, sorted_out.shape[-1])
+        slot_outputs = slot_outputs.index_copy(0, sorted_in.order, sorted_out)
+    slot_outputs = slot_outputs.view(num_tokens, top_k, -1)                             # [T, k, O]
+    return (slot_outputs * weights.unsqueeze(-1).to(slot_outputs.dtype)).sum(dim=1)
+
+
+def inverse_permutation(order: torch.Tensor) -> torch.Tensor:
+    """``inverse`` with ``inverse[order[i]] = i``: where each assignment sits in the sorted order.
+
+    Gathering with it (one pass) undoes the sort; filling zeros and copying into them takes three.
+    """
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device)
+    return inverse
 
 
 def dispatch_grouped(x: torch.Tensor, experts: nn.ModuleList, expert_indices: torch.Tensor,

@@ -23,12 +23,15 @@ Every loss takes an optional ``token_mask`` ``[T]`` (True = real token) so paddi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
-from .routing import smooth_load
+from .routing import RouterOutput, RoutingRecord, smooth_load
 from .validation import (
     check_float_tensor,
     check_index_tensor,
+    check_instance,
     check_mask,
     check_positive_float,
     check_positive_int,
@@ -130,7 +133,8 @@ def load_loss(load: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- the registry
 # Each entry computes one auxiliary loss from a forward pass's record and the router's decision.
-# A router lists the names that apply to it in ``Router.aux_losses``; MoELayer computes only those.
+# A router lists the names that apply to it in ``Router.aux_losses``; MoELayer computes only those,
+# and each only when it is read (:class:`LazyAuxLosses`).
 
 
 def _switch_from(record, routed) -> torch.Tensor:
@@ -156,3 +160,54 @@ def _sequence_from(record, routed) -> torch.Tensor:
 AUX_LOSSES = {"switch": _switch_from, "z": _z_from, "importance": _importance_from, "load": _load_from,
               "sequence": _sequence_from}
 """Loss name -> ``fn(record: RoutingRecord, routed: RouterOutput) -> scalar tensor``."""
+
+
+class LazyAuxLosses(Mapping):
+    """Name -> auxiliary loss of one forward pass, each computed on first access, then kept.
+
+    An MoE layer makes one per forward pass instead of computing every loss its router
+    declares: evaluation, plots and explorers that never read a loss do not pay for it, and a
+    training loop that reads two of four pays for two. Reading it behaves like the plain dict
+    of eager losses (same keys, same values, same gradients): each loss is computed with the
+    gradient mode of the forward pass, so reading it inside ``torch.no_grad()`` first does not
+    strip the gradient from a forward pass that had one.
+
+    Args:
+        names: the loss names (keys of :data:`AUX_LOSSES`), in order.
+        record: the forward pass's :class:`~moe_teach.routing.RoutingRecord`.
+        routed: the router's :class:`~moe_teach.routing.RouterOutput`.
+    """
+
+    def __init__(self, names, record, routed):
+        if not isinstance(names, (tuple, list)) or not all(name in AUX_LOSSES for name in names):
+            raise ValueError(f"names must be a sequence of auxiliary-loss names ({', '.join(AUX_LOSSES)}), "
+                             f"got {names!r}")
+        check_instance("record", record, RoutingRecord)
+        check_instance("routed", routed, RouterOutput)
+        self._names = tuple(names)
+        self._record, self._routed = record, routed
+        self._grad_enabled = torch.is_grad_enabled()
+        self._values: dict[str, torch.Tensor] = {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._values:
+            if name not in self._names:
+                raise KeyError(name)
+            with torch.set_grad_enabled(self._grad_enabled):
+                self._values[name] = AUX_LOSSES[name](self._record, self._routed)
+        return self._values[name]
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def computed(self) -> tuple[str, ...]:
+        """Names of the losses computed so far."""
+        return tuple(self._values)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name!r}: {self._values[name] if name in self._values else '<not computed>'}"
+                          for name in self._names)
+        return f"LazyAuxLosses({{{shown}}})"

@@ -10,19 +10,20 @@ One forward pass, in four steps:
     routed = router(tokens)                         # RouterOutput: who goes where, with what weight
     kept   = apply_capacity(...)                    # [T, k] which assignments fit (all if dropless)
     output = DISPATCHERS[dispatch](tokens, experts, routed.expert_indices, routed.expert_weights, kept)
-    record = make_record(routed, kept, ...)         # plus the auxiliary losses the router declares
+    record = make_record(routed, kept, ...)         # plus the auxiliary losses the router declares,
+                                                    # each computed when first read
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
 
 from .dispatch import DISPATCHERS
 from .experts import ACTIVATIONS, check_expert_input, make_experts
-from .losses import AUX_LOSSES
+from .losses import LazyAuxLosses
 from .routing import ROUTERS, RouterOutput, RoutingRecord, apply_capacity, build_router, expert_capacity
 from .routing.capacity import check_capacity_factor
 from .shared import SharedExperts
@@ -187,6 +188,9 @@ class MoELayer(nn.Module):
                     token_mask: torch.Tensor | None = None, sequence_length: int | None = None) -> RoutingRecord:
         """The :class:`RoutingRecord` of a routing decision, with the auxiliary losses the router declares.
 
+        The losses are a :class:`~moe_teach.losses.LazyAuxLosses`: each is computed the first
+        time it is read (a training loop reads the ones it adds to the loss; evaluation reads none).
+
         ``kept`` ``[T, k]`` is the capacity mask; ``token_mask`` ``[T]`` (True = real token)
         keeps padding out of the auxiliary losses.
         """
@@ -199,7 +203,9 @@ class MoELayer(nn.Module):
         if real_tokens == 0:   # nothing to balance: 0, not the NaN of a mean over no tokens
             record.aux_losses = {name: routed.logits.sum() * 0 for name in self.router.aux_losses}
         else:
-            record.aux_losses = {name: AUX_LOSSES[name](record, routed) for name in self.router.aux_losses}
+            # computed when read, from a copy of the record without its losses: no reference cycle
+            # keeps the forward pass's tensors alive once the record is dropped
+            record.aux_losses = LazyAuxLosses(self.router.aux_losses, replace(record), routed)
         return record
 
     def extra_repr(self) -> str:

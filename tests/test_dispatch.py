@@ -114,3 +114,11 @@ def test_all_dropped_output_still_supports_backward(path):
     out = DISPATCHERS[path](x, modules, indices, weights, kept)
     out.sum().backward()
     assert torch.equal(weights.grad, torch.zeros_like(weights))
+
+
+def test_inverse_permutation_undoes_the_sort():
+    from moe_teach.dispatch import inverse_permutation
+
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(0))
+    values = torch.arange(10.0) * 3
+    assert torch.equal(values[order][inverse_permutation(order)], values)

@@ -131,3 +131,72 @@ def test_noisy_smooth_load_skips_masked_tokens():
                              out.clean_logits[:6], out.noise_std[:6])
     assert torch.allclose(smooth_load(out, 2, mask), smooth_load(first_six, 2))
     assert not torch.allclose(smooth_load(out, 2, mask), smooth_load(out, 2))
+
+
+def _eager_losses(layer, record, routed):
+    """What the layer computed before losses became lazy: every declared loss, right away."""
+    from moe_teach.losses import AUX_LOSSES
+
+    return {name: AUX_LOSSES[name](record, routed) for name in layer.router.aux_losses}
+
+
+@pytest.mark.parametrize("router", ["softmax", "noisy"])
+def test_lazily_computed_losses_equal_the_eager_ones_in_value_and_gradient(router):
+    torch.manual_seed(0)
+    layer = MoELayer(6, 6, num_experts=4, top_k=2, router=router).train()
+    x = torch.randn(12, 6)
+    mask = torch.arange(12) < 9
+    torch.manual_seed(1)
+    _, record = layer(x, return_record=True, token_mask=mask)
+    lazy = record.aux_losses
+    assert lazy.computed() == ()                                     # nothing computed by the forward pass
+    torch.manual_seed(1)  # the same noise: the same routing decision
+    routed = layer.router(x)
+    eager = _eager_losses(layer, layer.make_record(routed, record.kept, None, mask), routed)
+    assert list(lazy) == list(eager) == list(layer.router.aux_losses)
+    for name in eager:
+        assert torch.allclose(lazy[name], eager[name]), name
+        assert lazy[name].requires_grad == eager[name].requires_grad, name  # the softmax router's load is counts
+        if eager[name].requires_grad:
+            lazy_grad, = torch.autograd.grad(lazy[name], layer.router.proj.weight, retain_graph=True)
+            eager_grad, = torch.autograd.grad(eager[name], layer.router.proj.weight, retain_graph=True)
+            assert torch.allclose(lazy_grad, eager_grad), name
+
+
+def test_a_lazy_loss_is_computed_once_and_only_when_read():
+    torch.manual_seed(0)
+    layer = MoELayer(6, 6, num_experts=4, top_k=2)
+    _, record = layer(torch.randn(5, 6), return_record=True)
+    first = record.aux_losses["switch"]
+    assert record.aux_losses.computed() == ("switch",)
+    assert record.aux_losses["switch"] is first
+    assert dict(record.aux_losses).keys() == {"switch", "z", "importance", "load"}
+    with pytest.raises(KeyError):
+        record.aux_losses["not-a-loss"]
+
+
+def test_a_lazy_loss_read_under_no_grad_keeps_the_forward_passes_gradient():
+    torch.manual_seed(0)
+    layer = MoELayer(6, 6, num_experts=4, top_k=2)
+    _, record = layer(torch.randn(5, 6), return_record=True)
+    with torch.no_grad():
+        record.aux_losses["z"]                                      # e.g. logged first
+    assert record.aux_losses["z"].requires_grad
+    with torch.no_grad():
+        _, evaluated = layer(torch.randn(5, 6), return_record=True)
+    assert not evaluated.aux_losses["z"].requires_grad
+
+
+def test_a_dropped_record_is_freed_at_once_lazy_losses_make_no_reference_cycle():
+    import gc
+    import weakref
+
+    layer = MoELayer(6, 6, num_experts=4, top_k=2)
+    _, record = layer(torch.randn(5, 6), return_record=True)
+    probe = weakref.ref(record)
+    gc.disable()  # only reference counting may free it
+    try:
+        layer.last_record = record = None
+        assert probe() is None
+    finally:
+        gc.enable()

@@ -38,10 +38,15 @@ def check_routing_indices(expert_indices, num_experts, valid=None) -> None:
     """``expert_indices`` ``[T, k]`` int64 in ``0..num_experts-1``; ``valid`` a ``[T, k]`` bool mask or None."""
     check_positive_int("num_experts", num_experts)
     check_index_tensor("expert_indices", expert_indices)
-    if expert_indices.numel() and not 0 <= int(expert_indices.min()) <= int(expert_indices.max()) < num_experts:
+    if expert_indices.numel() and not _in_range(expert_indices, num_experts):
         raise ValueError(f"expert_indices must lie in 0..{num_experts - 1} (num_experts={num_experts})")
     if valid is not None:
         check_mask("valid", valid, expert_indices.shape)
+
+
+def _in_range(expert_indices: torch.Tensor, num_experts: int) -> bool:
+    smallest, largest = torch.aminmax(expert_indices)  # one pass over the indices, not two
+    return 0 <= int(smallest) and int(largest) < num_experts
 
 
 def position_in_expert(expert_indices: torch.Tensor, num_experts: int,

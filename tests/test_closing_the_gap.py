@@ -1,0 +1,56 @@
+"""Lesson 08's "closing the gap" helpers: the old ways compute what the new ones do."""
+
+import torch
+
+from moe_teach import MoELayer
+from moe_teach.dispatch import combine, run_experts, sort_by_expert
+from moe_teach.experts import Expert
+from moe_teach.lessons import closing_the_gap as gap
+from moe_teach.routing import apply_capacity
+
+
+def _sorted(kept=None):
+    torch.manual_seed(0)
+    layer = MoELayer(8, num_experts=4, top_k=2, hidden_dim=16)
+    x = torch.randn(20, 8)
+    routed = layer.router(x)
+    sorted_in = sort_by_expert(x, routed.expert_indices, 4, kept)
+    weights = routed.expert_weights if kept is None else routed.expert_weights * kept
+    return run_experts(layer.experts, sorted_in), sorted_in, weights, routed
+
+
+def test_the_old_combine_equals_the_new_one():
+    sorted_out, sorted_in, weights, _ = _sorted()
+    assert torch.allclose(gap.combine_zero_fill(sorted_out, sorted_in, weights),
+                          combine(sorted_out, sorted_in, weights), atol=1e-6)
+
+
+def test_the_old_combine_equals_the_new_one_with_dropped_assignments():
+    _, _, _, routed = _sorted()
+    kept = apply_capacity(routed.expert_indices, 4, capacity=6)
+    assert not kept.all()
+    sorted_out, sorted_in, weights, _ = _sorted(kept)
+    assert torch.allclose(gap.combine_zero_fill(sorted_out, sorted_in, weights),
+                          combine(sorted_out, sorted_in, weights), atol=1e-6)
+
+
+def test_the_fused_swiglu_equals_the_expert():
+    torch.manual_seed(0)
+    expert = Expert(8, 16, 8, "swiglu", bias=False)
+    x = torch.randn(5, 8)
+    assert torch.allclose(gap.swiglu_fused(expert, x), expert(x), atol=1e-6)
+
+
+def test_gap_measurements_time_every_case_both_ways():
+    result = gap.gap_measurements(tokens=32, dim=8, hidden=8, num_experts=4, top_k=2, repeats=1)
+    assert set(result) == set(gap.GAP_CASES) | {"moe_vs_dense"}
+    for name in gap.GAP_CASES:
+        assert result[name]["before"] > 0 and result[name]["after"] > 0
+    assert result["moe_vs_dense"]["moe"] == result["aux_train"]["after"]
+
+
+def test_op_counts_count_kernel_calls():
+    a, b = torch.randn(3), torch.randn(3)
+    assert gap.count_aten_ops(lambda: a + b) == 1
+    counts = gap.aten_op_counts(tokens=32, dim=8, hidden=8, num_experts=4, top_k=2)
+    assert counts["moe"] > counts["dense-active"] > 0
