@@ -116,14 +116,14 @@ def test_cli_reports_bad_values_in_one_line(capsys):
 
     assert main(["bench", "--tokens", "-1"]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == "moe-teach bench: error: tokens must be a positive int (1, 2, 3, ...), got -1"
+    assert err.strip() == "moe-teach bench: error: --tokens must be a positive int (1, 2, 3, ...), got -1"
 
 
 def test_cli_rejects_too_few_wide_experts(capsys):
     from moe_teach.course.cli import main
 
     assert main(["bench", "--wide-experts", "1"]) == 2
-    assert "top_k must be between 1 and num_experts=1" in capsys.readouterr().err
+    assert "--wide-experts must be at least top_k=2 (or 0 for no such row), got 1" in capsys.readouterr().err
 
 
 def test_cli_help_shows_defaults(capsys):
@@ -144,3 +144,13 @@ def test_the_cpu_clock_does_not_count_time_spent_waiting():
     assert wall.median >= 0.02 > 10 * cpu.median
     with pytest.raises(ValueError, match="clock must be one of"):
         time_callable(lambda: None, clock="sundial")
+
+
+@pytest.mark.parametrize("flag, value", [("--tokens", 10**12), ("--tokens", 10**9), ("--hidden", 10**6),
+                                         ("--experts", 10**5)])
+def test_huge_sizes_are_refused_at_once(capsys, flag, value):
+    from moe_teach.course.cli import main
+
+    assert main(["bench", flag, str(value)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"moe-teach bench: error: {flag} must be at most") and "\n" not in err

@@ -63,6 +63,11 @@ def _routing(tokens: int, num_experts: int, top_k: int, generator: torch.Generat
     return indices, weights.requires_grad_(True)
 
 
+def _check_wide_experts(wide_experts, top_k: int) -> None:
+    if check_positive_int("wide_experts", wide_experts, maximum=MAX_EXPERTS) < top_k:
+        raise ValueError(f"wide_experts must be at least top_k={top_k} (or 0 for no such row), got {wide_experts}")
+
+
 def make_cases(tokens: int, width: int, hidden: int, num_experts: int, top_k: int, activation: str, seed: int,
                wide_experts: int | None = 32):
     """Name -> zero-argument callable doing one forward+backward, all on the same inputs.
@@ -91,7 +96,7 @@ def make_cases(tokens: int, width: int, hidden: int, num_experts: int, top_k: in
     cases = {case_name(name): moe_step(fn, experts, indices, weights) for name, fn in DISPATCHERS.items()}
     cases["dense_active"] = dense_step
     if wide_experts is not None:
-        check_top_k(top_k, wide_experts)
+        _check_wide_experts(wide_experts, top_k)
         wide_indices, wide_weights = _routing(tokens, wide_experts, top_k, generator)
         wide = make_experts(wide_experts, width, hidden, width, activation, bias=False)
         cases[f"moe_grouped_e{wide_experts}"] = moe_step(DISPATCHERS["grouped"], wide, wide_indices, wide_weights)
@@ -139,6 +144,12 @@ def _graph_leaves(fn) -> list[torch.Tensor]:
     return leaves
 
 
+FLAG_NAMES = {"num_experts": "--experts", "wide_experts": "--wide-experts"}   # for the CLI's error line
+MAX_TOKENS = 2**18      # 262,144 tokens: the activations alone are then about 1 GB at width 1024
+MAX_WIDTH = 2**14       # width and expert hidden size
+MAX_EXPERTS = 1024
+
+
 def run_benchmark(tokens=4096, width=256, hidden=1024, num_experts=8, top_k=2, activation="relu",
                   repeats=10, seed=0, rounds=3, progress=False, wide_experts: int | None = 32,
                   clock: str = "wall") -> dict[str, float]:
@@ -150,10 +161,10 @@ def run_benchmark(tokens=4096, width=256, hidden=1024, num_experts=8, top_k=2, a
 
 
 def _check_sizes(tokens, width, hidden, num_experts, top_k, activation, repeats) -> None:
-    check_positive_int("tokens", tokens)
-    check_positive_int("width", width)
-    check_positive_int("hidden", hidden)
-    check_positive_int("num_experts", num_experts)
+    check_positive_int("tokens", tokens, maximum=MAX_TOKENS)
+    check_positive_int("width", width, maximum=MAX_WIDTH)
+    check_positive_int("hidden", hidden, maximum=MAX_WIDTH)
+    check_positive_int("num_experts", num_experts, maximum=MAX_EXPERTS)
     check_top_k(top_k, num_experts)
     check_choice("activation", activation, ACTIVATIONS)
     check_positive_int("repeats", repeats)
@@ -337,9 +348,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(check_positive_int("threads", args.threads))
-    wide = None if args.wide_experts == 0 else check_positive_int("wide_experts", args.wide_experts)
+    wide = None if args.wide_experts == 0 else args.wide_experts
     if wide is not None:
-        check_top_k(args.top_k, wide)
+        _check_wide_experts(wide, args.top_k)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, forward+backward, "
           f"{args.tokens} tokens, width {args.width}, expert hidden {args.hidden}, "
           f"{args.experts} experts, top-{args.top_k}, {args.activation}, {args.clock} clock", flush=True)

@@ -45,8 +45,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except (ValueError, TypeError) as error:
-        print(f"moe-teach {args.command}: error: {error}", file=sys.stderr)
+        flags = getattr(module, "FLAG_NAMES", {})
+        print(f"moe-teach {args.command}: error: {as_flag(str(error), args, flags)}", file=sys.stderr)
         return 2
+
+
+def as_flag(message: str, args: argparse.Namespace, flags: dict[str, str]) -> str:
+    """``"tokens must be ..."`` -> ``"--tokens must be ..."``: name the flag the value came from.
+
+    ``flags`` maps argument names that differ from their flag (``{"num_experts": "--experts"}``);
+    a sub-command module may declare it as ``FLAG_NAMES``.
+    """
+    name, _, rest = message.partition(" ")
+    if rest and name in flags:
+        return f"{flags[name]} {rest}"
+    if rest and name.isidentifier() and hasattr(args, name) and not name.startswith("_"):
+        return f"--{name.replace('_', '-')} {rest}"
+    return message
 
 
 if __name__ == "__main__":
