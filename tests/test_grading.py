@@ -15,7 +15,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from moe_teach.course import cli, exercises, grading
+from moe_teach.course import check_process, cli, exercises, grading, scorecard
 from moe_teach.course.checks import DONE, FAILED, NOT_DONE, TASKS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +65,7 @@ def test_tasks_come_from_the_solution_notebook(lesson):
     specs = grading.solution_tasks(SOLUTIONS / f"{lesson}.ipynb")
     assert {s.task for s in specs} == {name for name, task in TASKS.items() if task.lesson == lesson}
     solution = nbformat.read(SOLUTIONS / f"{lesson}.ipynb", as_version=4)
-    program = grading.task_definitions(solution, [s.function for s in specs])
+    program = check_process.task_definitions(solution, [s.function for s in specs])
     defined = set()
     for _, source, numbers in program:
         tree = __import__("ast").parse(source)
@@ -115,7 +115,7 @@ def test_only_the_definitions_the_task_functions_use_reach_the_check_process():
     import torch
 
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in LEARNER_CELLS])
-    program = grading.task_definitions(notebook, ["relu_expert"])
+    program = check_process.task_definitions(notebook, ["relu_expert"])
     chosen = [ast.unparse(ast.parse(source).body[n]).split("\n")[0] for _, source, numbers in program
               for n in numbers]
     assert chosen == ["import torch", "SCALE = 2", "def helper(x):", "def relu_expert(x):", "def helper(x):"]
@@ -153,8 +153,8 @@ FORGE_FROM_INSIDE = '''def swiglu_expert(x, gate_weight, up_weight, down_weight)
 def test_a_task_function_cannot_report_its_own_verdict(tmp_path):
     notebook = solution_notebook()
     replace_cell(notebook, "swiglu-expert-code", FORGE_FROM_INSIDE)
-    with grading._ProcessSweeper() as sweeper:
-        scores = grading._check_tasks(notebook, expert_specs(), tmp_path, 20, sweeper)
+    with check_process._ProcessSweeper() as sweeper:
+        scores = check_process._check_tasks(notebook, expert_specs(), tmp_path, 20, sweeper)
     assert [s.task for s in scores] == EXPERT_TASKS
     assert [s.status for s in scores] == [DONE, FAILED, DONE]
     assert scores[1].key == "check_process" and "garbled" in scores[1].message
@@ -163,15 +163,15 @@ def test_a_task_function_cannot_report_its_own_verdict(tmp_path):
 @pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="needs signal masks")
 def test_a_function_that_ends_or_stalls_its_check_process_fails_and_the_rest_are_still_checked(
         tmp_path, monkeypatch):
-    monkeypatch.setattr(grading, "_REPORT_GRACE", 1.0)
+    monkeypatch.setattr(check_process, "_REPORT_GRACE", 1.0)
     notebook = solution_notebook()
     replace_cell(notebook, "relu-expert-code", "import os\n\ndef relu_expert(*args):\n    os._exit(0)")
     replace_cell(notebook, "swiglu-expert-code",           # the in-process time limit cannot fire
                  "import signal\n\ndef swiglu_expert(*args):\n"
                  "    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})\n    while True:\n        pass")
     start = time.monotonic()
-    with grading._ProcessSweeper() as sweeper:
-        scores = grading._check_tasks(notebook, expert_specs(), tmp_path, 1, sweeper)
+    with check_process._ProcessSweeper() as sweeper:
+        scores = check_process._check_tasks(notebook, expert_specs(), tmp_path, 1, sweeper)
     assert [s.status for s in scores] == [FAILED, FAILED, DONE]
     assert "ended the check process" in scores[0].message
     assert "did not finish in time" in scores[1].message
@@ -181,8 +181,8 @@ def test_a_function_that_ends_or_stalls_its_check_process_fails_and_the_rest_are
 def test_a_function_that_loops_forever_fails_with_the_time_limit(tmp_path):
     notebook = solution_notebook()
     replace_cell(notebook, "relu-expert-code", "def relu_expert(*args):\n    while True:\n        pass")
-    with grading._ProcessSweeper() as sweeper:
-        scores = grading._check_tasks(notebook, expert_specs()[:1], tmp_path, 1, sweeper)
+    with check_process._ProcessSweeper() as sweeper:
+        scores = check_process._check_tasks(notebook, expert_specs()[:1], tmp_path, 1, sweeper)
     assert (scores[0].status, scores[0].key) == (FAILED, "time_limit")
     assert "1 s" in scores[0].message
 
@@ -191,9 +191,9 @@ def test_a_missing_or_misnamed_task_function_is_not_run_and_others_are_checked(t
     notebook = solution_notebook()
     replace_cell(notebook, "relu-expert-code", "def my_relu(*args):\n    return 0")
     replace_cell(notebook, "swiglu-expert-code", "swiglu_expert = 3")
-    with grading._ProcessSweeper() as sweeper:
-        scores = grading._check_tasks(notebook, expert_specs(), tmp_path, 20, sweeper)
-    assert [s.status for s in scores] == [grading.NOT_RUN, FAILED, DONE]
+    with check_process._ProcessSweeper() as sweeper:
+        scores = check_process._check_tasks(notebook, expert_specs(), tmp_path, 20, sweeper)
+    assert [s.status for s in scores] == [scorecard.NOT_RUN, FAILED, DONE]
     assert "defines no relu_expert" in scores[0].message and scores[1].key == "not_a_function"
 
 
@@ -214,8 +214,8 @@ def test_processes_a_task_function_starts_are_ended(tmp_path):
     notebook = solution_notebook()
     body = daemon_code(pid_file).replace("\n", "\n    ")
     replace_cell(notebook, "relu-expert-code", f"def relu_expert(*args):\n    {body}\n    raise NotImplementedError")
-    with grading._ProcessSweeper() as sweeper:
-        scores = grading._check_tasks(notebook, expert_specs()[:1], tmp_path, 20, sweeper)
+    with check_process._ProcessSweeper() as sweeper:
+        scores = check_process._check_tasks(notebook, expert_specs()[:1], tmp_path, 20, sweeper)
     assert scores[0].status == NOT_DONE
     assert wait_gone(int(pid_file.read_text()))
 
@@ -225,14 +225,14 @@ def test_a_check_process_written_to_before_its_job_is_replaced(tmp_path):
     """What the notebook's code could do to the check process started while it runs."""
     notebook = solution_notebook()
     replace_cell(notebook, "relu-expert-code", "def relu_expert(*args):\n    raise NotImplementedError")
-    with grading._ProcessSweeper() as sweeper:
-        early = grading._CheckProcess(tmp_path, sweeper)
+    with check_process._ProcessSweeper() as sweeper:
+        early = check_process._CheckProcess(tmp_path, sweeper)
         fake = {"secret": "a guess", "task": "relu_expert", "status": DONE, "message": "", "hint": "", "key": ""}
         for fd in ("0", "1"):
             with open(f"/proc/{early.process.pid}/fd/{fd}", "w") as channel:
                 channel.write(json.dumps({"secret": "a guess", "ready": True}) + "\n" + json.dumps(fake) + "\n")
         time.sleep(0.5)
-        scores = grading._check_tasks(notebook, expert_specs(), tmp_path, 20, sweeper, first=early)
+        scores = check_process._check_tasks(notebook, expert_specs(), tmp_path, 20, sweeper, first=early)
     assert [s.status for s in scores] == [NOT_DONE, DONE, DONE]
 
 
@@ -244,12 +244,12 @@ def test_the_sweeper_ends_detached_processes(tmp_path, monkeypatch, subreaper):
     import subprocess
 
     if not subreaper:
-        monkeypatch.setattr(grading, "_set_child_subreaper", lambda on: False)
+        monkeypatch.setattr(check_process, "_set_child_subreaper", lambda on: False)
     pid_file = tmp_path / "daemon.pid"
     code = daemon_code(pid_file)
     if not subreaper:
         code = code.replace("env={'PATH': os.environ['PATH']}", "env=os.environ")
-    with grading._ProcessSweeper() as sweeper:
+    with check_process._ProcessSweeper() as sweeper:
         subprocess.run([sys.executable, "-c", code], env=sweeper.environment(), check=True)
         pid = int(pid_file.read_text())
         assert not is_gone(pid)
@@ -438,11 +438,11 @@ def test_a_notebook_without_a_matching_solution_is_refused(tmp_path, capsys):
 
 def test_grader_exit_status(monkeypatch, capsys):
     def fake(tasks, errors=()):
-        return lambda path, **options: grading.Scorecard(str(path), tasks, list(errors))
+        return lambda path, **options: scorecard.Scorecard(str(path), tasks, list(errors))
 
     args = argparse.Namespace(notebook=Path("x.ipynb"), timeout=5, check_timeout=5, kernel="python3",
                               solutions=None, strict=False, json=False)
-    half = [grading.TaskScore("a", DONE), grading.TaskScore("b", NOT_DONE)]
+    half = [scorecard.TaskScore("a", DONE), scorecard.TaskScore("b", NOT_DONE)]
     monkeypatch.setattr(grading, "grade_notebook", fake(half))
     assert grading.run(args) == 0
     args.strict = True
@@ -451,7 +451,7 @@ def test_grader_exit_status(monkeypatch, capsys):
     args.strict = False
     assert grading.run(args) == 1
     args.json = True
-    monkeypatch.setattr(grading, "grade_notebook", fake([grading.TaskScore("a", DONE)]))
+    monkeypatch.setattr(grading, "grade_notebook", fake([scorecard.TaskScore("a", DONE)]))
     capsys.readouterr()
     assert grading.run(args) == 0
     assert json.loads(capsys.readouterr().out)["tasks"][0]["status"] == DONE
@@ -482,8 +482,8 @@ def test_the_public_helpers_name_a_bad_argument():
     with pytest.raises(TypeError, match="kernel_name must be"):
         grading.grade_notebook(EXERCISES / "01_experts.ipynb", kernel_name=3)
     with pytest.raises(TypeError, match="notebook must be a notebook"):
-        grading.task_definitions("cells", ["relu_expert"])
+        check_process.task_definitions("cells", ["relu_expert"])
     with pytest.raises(TypeError, match="functions must be function names"):
-        grading.task_definitions(nbformat.v4.new_notebook(), [3])
+        check_process.task_definitions(nbformat.v4.new_notebook(), [3])
     with pytest.raises(TypeError, match="path must be a file path"):
         exercises.read_notebook(3)
