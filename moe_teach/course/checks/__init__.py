@@ -22,17 +22,15 @@ from .core import (
     DONE,
     FAILED,
     NOT_DONE,
-    RESULTS_MARKER,
     TASKS,
     CheckResult,
     Mistake,
     check,
     reset_results,
     results,
-    results_json_line,
     run_checker,
     summary,
 )
 
-__all__ = ["DONE", "FAILED", "NOT_DONE", "RESULTS_MARKER", "TASKS", "CheckResult", "Mistake", "check",
-           "reset_results", "results", "results_json_line", "run_checker", "summary"]
+__all__ = ["DONE", "FAILED", "NOT_DONE", "TASKS", "CheckResult", "Mistake", "check", "reset_results", "results",
+           "run_checker", "summary"]

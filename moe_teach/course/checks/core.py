@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import html
 import inspect
-import json
 import math
 import os
 import sys
@@ -39,7 +38,6 @@ from torch import nn
 from .time_limit import CHECK_TIME_LIMIT, _Deadline, _TimeLimit, check_time_limit
 
 DONE, FAILED, NOT_DONE = "done", "failed", "not done yet"
-RESULTS_MARKER = "MOE_TEACH_RESULTS "  # prefix of the line results_json_line() gives
 GRADING_RUN_ENV = "MOE_TEACH_GRADING_RUN"  # set in every process of a `moe-teach check` run
 
 
@@ -108,10 +106,6 @@ def results() -> list[CheckResult]:
 def reset_results() -> None:
     _RESULTS.clear()
 
-
-def results_json_line() -> str:
-    """One line the grader parses: the marker followed by the results as JSON."""
-    return RESULTS_MARKER + json.dumps([r.as_dict() for r in results()], ensure_ascii=True)
 
 
 # ----------------------------------------------------------------------------- showing
