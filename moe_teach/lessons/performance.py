@@ -215,8 +215,9 @@ def moe_forward_breakdown(
     * ``experts``: :func:`~moe_teach.dispatch.run_experts` (one matmul chain per expert slice);
     * ``combine``: :func:`~moe_teach.dispatch.combine` (weight the outputs, put them back in
       their slots, sum over the k slots);
-    * ``record_aux``: capacity, the :class:`~moe_teach.routing.RoutingRecord` and the four
-      auxiliary losses (switch, z, importance, load) that the layer computes on every call.
+    * ``record_aux``: capacity, the :class:`~moe_teach.routing.RoutingRecord` and the two
+      auxiliary losses a training step reads from it (switch and z; the record computes a loss
+      only when it is read, so an evaluation pass pays only for the record).
 
     ``moe_total`` is the whole layer and ``dense_active`` the dense feed-forward doing the
     same expert FLOPs in one matmul chain. All are timed in interleaved rounds. The stages add
@@ -231,7 +232,8 @@ def moe_forward_breakdown(
 
     def record_aux():
         capacity = moe.capacity(tokens)
-        moe.make_record(routed, apply_capacity(routed.expert_indices, num_experts, capacity), capacity)
+        record = moe.make_record(routed, apply_capacity(routed.expert_indices, num_experts, capacity), capacity)
+        return record.aux_losses["switch"] + record.aux_losses["z"]
 
     cases = {
         "router": lambda: moe.router(x),
