@@ -10,7 +10,7 @@ the renormalised top-k weights, f_i from first choices only, the square of the m
 logsumexp, a logsumexp that overflows on large logits.
 
 One module per exercise notebook (``lessonNN_*``), each with its ``MISTAKES`` table; a new
-lesson adds one module and one entry in ``LESSONS``. The wrong functions are reachable as
+lesson adds one module and its name in the import below. The wrong functions are reachable as
 ``mistakes.<name>``.
 """
 
@@ -28,19 +28,7 @@ from . import (
     lesson11_expert_parallelism,
 )
 
-LESSONS = (
-    lesson01_experts,
-    lesson02_gating,
-    lesson03_topk_sparsity,
-    lesson04_dispatch_capacity,
-    lesson05_load_balancing,
-    lesson06_transformer_block,
-    lesson07_training_lm,
-    lesson08_performance,
-    lesson09_routing_dashboard,
-    lesson10_modern_moe,
-    lesson11_expert_parallelism,
-)
+LESSONS = tuple(module for name, module in sorted(globals().items()) if name.startswith("lesson"))
 MISTAKES = {task: wrong for lesson in LESSONS for task, wrong in lesson.MISTAKES.items()}
 
 
