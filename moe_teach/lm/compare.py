@@ -45,12 +45,13 @@ from .training import (
 from .upcycle import upcycle
 
 ARMS = ("upcycled", "dense_continued", "scratch_moe", "dense_active", "dense_total")
+NAME_WORDS = 8  # entities per domain in lesson 07's default run: 8 x 8 (the full corpus has 12 x 12)
 KNOWLEDGE_SEQ_LEN = 16  # <bos> + 2 name words + 4 attribute-value pairs (up to 3 words each) fit easily
 
 
-def prepare_knowledge(seed: int = 0, train_orders: int = 8) -> Prepared:
+def prepare_knowledge(seed: int = 0, train_orders: int = 8, name_words: int = NAME_WORDS) -> Prepared:
     """The knowledge corpus, its tokenizer and both splits as tensors with ``answer_mask``."""
-    corpus = make_knowledge_corpus(train_orders, seed=seed)
+    corpus = make_knowledge_corpus(train_orders, seed=seed, name_words=name_words)
     tokenizer = WordTokenizer.from_texts(doc.text for doc in corpus.train)
     answers = value_words()
     return Prepared(
@@ -130,7 +131,7 @@ def run_comparison(
     steps: int = 750,
     upcycle_at: int = 250,
     arms=ARMS,
-    churn_every: int = 100,
+    churn_every: int = 50,
     progress: bool = True,
     batch_size: int = 64,
 ) -> Comparison:
