@@ -75,3 +75,27 @@ def test_bad_train_orders():
         make_knowledge_corpus(train_orders=24)
     with pytest.raises(ValueError, match="train_orders"):
         make_knowledge_corpus(train_orders=0)
+
+
+def test_fewer_name_words_give_a_smaller_corpus_with_the_same_guarantees():
+    small = make_knowledge_corpus(seed=0, name_words=8)
+    assert len(small.entities) == 4 * 64
+    assert len(small.train) == 8 * 256 and len(small.validation) == 256
+    for domain in DOMAINS:  # every pair of the first 8 first and 8 second words
+        firsts, seconds = NAME_WORDS[domain]
+        names = {e.name for e in small.entities if e.domain == domain}
+        assert names == {f"{a} {b}" for a in firsts[:8] for b in seconds[:8]}
+    train_facts = set().union(*(document_facts(d) for d in small.train))
+    validation_facts = set().union(*(document_facts(d) for d in small.validation))
+    assert len(validation_facts) == 4 * 256 and validation_facts <= train_facts
+    assert not {d.text for d in small.validation} & {d.text for d in small.train}
+    assert make_knowledge_corpus(seed=0, name_words=8).train == small.train
+
+
+@pytest.mark.parametrize(("name_words", "error"), [(1, ValueError), (13, ValueError), (8.0, TypeError),
+                                                   (True, TypeError)])
+def test_bad_name_words(name_words, error):
+    with pytest.raises(error, match="name_words"):
+        make_knowledge_corpus(name_words=name_words)
+    with pytest.raises(error, match="name_words"):
+        make_entities(name_words=name_words)

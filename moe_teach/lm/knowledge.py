@@ -7,7 +7,8 @@ it can hold. That is the setting where a Mixture-of-Experts, with more parameter
 compute per token, can pay off.
 
 * Each domain has ``12 x 12`` entities named by a word pair (every pair is used, so neither
-  word alone identifies an entity).
+  word alone identifies an entity); ``name_words=n`` keeps the first ``n`` words of each kind,
+  ``n x n`` entities (lesson 07's default run uses 8 x 8, so it trains in seconds).
 * Each entity has 4 attributes, each with one of 16 values; value words belong to one
   domain only.
 * A document names one entity and states its four ``attribute value`` pairs in some order,
@@ -128,13 +129,18 @@ class KnowledgeCorpus(Corpus):
     entities: list[Entity] = None
 
 
-def make_entities(seed: int = 0) -> list[Entity]:
-    """All 4 x 144 entities; each attribute's value drawn uniformly from its 16 (seeded)."""
+def make_entities(seed: int = 0, name_words: int = 12) -> list[Entity]:
+    """4 x ``name_words**2`` entities; each attribute's value drawn uniformly from its 16 (seeded).
+
+    A domain's entities are every pair of its first ``name_words`` first words and first
+    ``name_words`` second words (all 12 of each: 144 entities per domain).
+    """
+    check_name_words(name_words)
     rng = random.Random(seed)
     entities = []
     for domain in DOMAINS:
         firsts, seconds = NAME_WORDS[domain]
-        for first, second in itertools.product(firsts, seconds):
+        for first, second in itertools.product(firsts[:name_words], seconds[:name_words]):
             facts = {attribute: rng.choice(values) for attribute, values in ATTRIBUTES[domain].items()}
             entities.append(Entity(f"{first} {second}", domain, facts))
     return entities
@@ -147,7 +153,16 @@ def fact_text(entity: Entity, order) -> str:
     return f"{entity.name} " + " ".join(pairs)
 
 
-def make_knowledge_corpus(train_orders: int = 8, seed: int = 0) -> KnowledgeCorpus:
+def check_name_words(name_words: int) -> None:
+    """``name_words`` must be 2 to 12: at least two of each word, so neither word alone names an entity."""
+    if isinstance(name_words, bool) or not isinstance(name_words, int):
+        raise TypeError(f"name_words must be an int between 2 and 12, got {type(name_words).__name__}")
+    if not 2 <= name_words <= 12:
+        raise ValueError(f"name_words must be between 2 and 12 (12 name words of each kind per domain), "
+                         f"got {name_words}")
+
+
+def make_knowledge_corpus(train_orders: int = 8, seed: int = 0, name_words: int = 12) -> KnowledgeCorpus:
     """The corpus: per entity ``train_orders`` training documents and 1 validation document.
 
     The ``train_orders + 1`` attribute orders of an entity are distinct (drawn from the 24),
@@ -157,8 +172,9 @@ def make_knowledge_corpus(train_orders: int = 8, seed: int = 0) -> KnowledgeCorp
     if train_orders > len(ORDERS) - 1:
         raise ValueError(f"train_orders must be at most {len(ORDERS) - 1} (24 orders, one kept for validation), "
                          f"got {train_orders}")
+    check_name_words(name_words)
     rng = random.Random(seed)
-    entities = make_entities(seed)
+    entities = make_entities(seed, name_words)
     train, validation = [], []
     for entity in entities:
         orders = rng.sample(ORDERS, train_orders + 1)
