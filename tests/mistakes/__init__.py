@@ -14,7 +14,7 @@ lesson adds one module and its name in the import below. The wrong functions are
 ``mistakes.<name>``.
 """
 
-from . import (
+from . import (  # noqa: F401  (LESSONS below collects every lesson module imported here)
     lesson01_experts,
     lesson02_gating,
     lesson03_topk_sparsity,
