@@ -18,7 +18,14 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from ..validation import check_choice, check_instance, check_positive_float, check_positive_int, check_seed
+from ..validation import (
+    check_choice,
+    check_instance,
+    check_positive_float,
+    check_positive_int,
+    check_seed,
+    check_text,
+)
 from .tokenizer import split_words
 
 DOMAINS = ("finance", "legal", "code", "general")
@@ -112,6 +119,10 @@ class Document:
     text: str
     domain: str
 
+    def __post_init__(self):
+        check_text("text", self.text)
+        check_choice("domain", self.domain, DOMAINS)
+
 
 @dataclass
 class Corpus:
@@ -119,6 +130,10 @@ class Corpus:
 
     train: list[Document]
     validation: list[Document]
+
+    def __post_init__(self):
+        check_documents("train", self.train)
+        check_documents("validation", self.validation)
 
     def domains(self) -> tuple[str, ...]:
         return DOMAINS

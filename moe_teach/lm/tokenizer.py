@@ -112,7 +112,7 @@ class WordTokenizer:
         words = []
         for i in _token_ids(ids):
             if not 0 <= i < len(self.vocab):
-                raise ValueError(f"token id {i} is out of range 0..{len(self.vocab) - 1}")
+                raise ValueError(f"ids: token id {i} is out of range 0..{len(self.vocab) - 1}")
             if skip_special and i in (self.pad_id, self.bos_id, self.eos_id):
                 continue
             words.append(self.vocab[i])

@@ -119,6 +119,12 @@ class Prepared:
     train: LMData
     validation: LMData
 
+    def __post_init__(self):
+        check_instance("corpus", self.corpus, Corpus)
+        check_instance("tokenizer", self.tokenizer, WordTokenizer)
+        check_instance("train", self.train, LMData)
+        check_instance("validation", self.validation, LMData)
+
 
 def prepare_data(documents_per_domain: int = 300, seed: int = 0, max_seq_len: int = 48) -> Prepared:
     """Generate the corpus, build the tokenizer from the training text, encode both splits."""
@@ -221,6 +227,11 @@ class History:
     lr: list[float] = field(default_factory=list)
     grad_norm: list[float] = field(default_factory=list)
     expert_load: list[torch.Tensor] = field(default_factory=list)
+
+    def __post_init__(self):
+        for name in ("loss", "switch", "z", "lr", "grad_norm", "expert_load"):
+            if not isinstance(getattr(self, name), list):
+                raise TypeError(f"{name} must be a list, got {type(getattr(self, name)).__name__}")
 
 
 def make_optimizer(model: LanguageModel, config: TrainConfig) -> torch.optim.AdamW:
@@ -486,14 +497,22 @@ CHECKPOINT_FORMAT_PREFIX = "moe-teach-lm/"
 CHECKPOINT_KEYS = {"format", "config", "max_seq_len", "tokenizer", "state_dict"}
 
 
+def check_path(name: str, path) -> Path:
+    """``path`` must be a str or a path-like object (``pathlib.Path``)."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise TypeError(f"{name} must be a file path (a non-empty str or pathlib.Path), got {path!r}")
+    return Path(path)
+
+
 def save_checkpoint(path, model: LanguageModel, tokenizer: WordTokenizer) -> Path:
     """Write model weights, config (a dict), tokenizer (a vocab list) and ``max_seq_len`` to ``path``."""
+    check_path("path", path)
+    check_instance("model", model, LanguageModel)
+    check_instance("tokenizer", tokenizer, WordTokenizer)
     if len(tokenizer) != model.config.vocab_size:
         raise ValueError(
             f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}"
         )
-    check_instance("model", model, LanguageModel)
-    check_instance("tokenizer", tokenizer, WordTokenizer)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = {
@@ -519,7 +538,7 @@ def save_checkpoint(path, model: LanguageModel, tokenizer: WordTokenizer) -> Pat
 
 def read_checkpoint(path) -> dict:
     """The checkpoint dict at ``path``, checked; clear errors for a missing, corrupt or foreign file."""
-    path = Path(path)
+    path = check_path("path", path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {path}")
     not_ours = f"{path} is not a moe-teach checkpoint (not a file written by torch.save / save_checkpoint)"
@@ -555,6 +574,7 @@ def read_checkpoint(path) -> dict:
 
 def check_zip_integrity(path) -> None:
     """Refuse a checkpoint whose zip records fail their CRC check (bytes changed on disk or in transit)."""
+    check_path("path", path)
     try:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
@@ -630,6 +650,7 @@ MIN_DOCUMENTS_PER_DOMAIN = 10
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    check_instance("parser", parser, argparse.ArgumentParser)
     parser.add_argument("--model", default="moe", choices=MODEL_KINDS, help="which model to train")
     parser.add_argument(
         "--steps", type=int, default=None,
@@ -676,6 +697,7 @@ COMPARE_IGNORES = ("model", "batch_size", "lr", "documents_per_domain", "experts
 
 def check_compare_args(args: argparse.Namespace) -> tuple[int, int]:
     """Validate ``--compare``'s arguments; returns ``(steps, upcycle_at)``."""
+    check_instance("args", args, argparse.Namespace)
     defaults = build_defaults()
     for name in COMPARE_IGNORES:
         if getattr(args, name) != defaults[name]:
@@ -702,6 +724,7 @@ def build_defaults() -> dict:
 
 def check_args(args: argparse.Namespace) -> Path:
     """Validate every argument before any training; returns the checked ``--out`` path."""
+    check_instance("args", args, argparse.Namespace)
     if args.upcycle_at is not None:
         raise ValueError("--upcycle-at only applies with --compare")
     if args.steps is None:
@@ -727,7 +750,7 @@ def check_args(args: argparse.Namespace) -> Path:
 
 def check_writable(out) -> Path:
     """Create ``out``'s folder and check a file can be written there, so a run cannot fail at the end."""
-    path = Path(out)
+    path = check_path("--out", out)
     if path.is_dir():
         raise ValueError(f"--out must be a file path, but {path} is a folder")
     try:
@@ -768,6 +791,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_instance("args", args, argparse.Namespace)
     if args.compare:
         return run_compare(args)
     out = check_args(args)
