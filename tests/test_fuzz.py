@@ -417,11 +417,162 @@ LM_SPECS = [
 ]
 SPECS += LM_SPECS
 
+# ----------------------------------------------------------------------------- the lessons' helpers
+from moe_teach.lessons import balance as lesson_balance  # noqa: E402
+from moe_teach.lessons import modern as lesson_modern  # noqa: E402
+from moe_teach.lessons import performance as lesson_performance  # noqa: E402
+from moe_teach.lessons import routing_analysis as lesson_routing  # noqa: E402
+from moe_teach.lessons import toy as lesson_toy  # noqa: E402
+
+TOY = lesson_toy.make_toy_data(num_points=32, seed=0)
+CLUSTERS = lesson_balance.make_cluster_task(num_points=32, dim=8, num_clusters=4, output_dim=4)
+BALANCE = lesson_balance.BalanceConfig(num_experts=4, top_k=1, hidden_dim=8, steps=2)
+BALANCE_RECORD = lesson_balance.route(lesson_balance.build_layer(CLUSTERS, BALANCE), CLUSTERS.x)
+ROUTING_MODEL = _lm()
+lm_training.save_checkpoint(lesson_routing.default_checkpoint_path(SCRATCH), ROUTING_MODEL, TOKENIZER)
+ROUTING_TABLE = lesson_routing.routing_table(ROUTING_MODEL, TOKENIZER, PREPARED.corpus)
+PROBS_3 = torch.softmax(torch.randn(5, 4), dim=-1)
+TIMING_CASES = {"a": lambda: None, "b": lambda: None}
+SWEEP_ROWS = lesson_performance.sweep(experts=(2,), top_ks=(1,), tokens=8, dim=4, hidden=4, repeats=1, progress=False)
+
+LESSON_SPECS = [
+    # toy (lessons 01-02)
+    Spec("ToyData", lesson_toy.ToyData, dict(x=TOY.x, y=TOY.y, region=TOY.region)),
+    Spec("region_of", lesson_toy.region_of, dict(x=TOY.x)),
+    Spec("toy_target", lesson_toy.toy_target, dict(x=TOY.x)),
+    Spec("make_toy_data", lesson_toy.make_toy_data, dict(num_points=32, seed=0), extra={"num_points": [HUGE]}),
+    Spec("input_grid", lesson_toy.input_grid, dict(resolution=11), extra={"resolution": [HUGE]}),
+    Spec("train_regression", lesson_toy.train_regression, dict(model=mt.Expert(2, 8, 1), data=TOY, steps=2, lr=0.01,
+                                                               progress=False, desc="fuzz", threads=1),
+         text=("desc",), extra={"steps": [HUGE]}),
+    Spec("mse_by_region", lesson_toy.mse_by_region, dict(model=mt.Expert(2, 8, 1), data=TOY)),
+    # balance (lesson 05)
+    Spec("ClusterTask", lesson_balance.ClusterTask, dict(x=CLUSTERS.x, y=CLUSTERS.y, cluster=CLUSTERS.cluster,
+                                                         shared_direction=CLUSTERS.shared_direction)),
+    Spec("make_cluster_task", lesson_balance.make_cluster_task, dict(num_points=32, dim=8, num_clusters=4,
+                                                                     output_dim=4, shared=1.0, seed=0),
+         extra={"num_points": [HUGE]}),
+    Spec("split_task", lesson_balance.split_task, dict(task=CLUSTERS, train_fraction=0.5)),
+    Spec("BalanceConfig", lesson_balance.BalanceConfig, dict(num_experts=4, top_k=1, hidden_dim=8, steps=2, lr=0.02,
+                                                             switch_coef=0.0, z_coef=0.0, capacity_factor=1.0,
+                                                             router_lean=0.2, seed=0)),
+    Spec("BalanceRun", lesson_balance.BalanceRun, dict(config=BALANCE, shares=torch.rand(2, 4),
+                                                       drop_rate=torch.rand(2), task_loss=torch.rand(2),
+                                                       switch_loss=torch.rand(2), z_loss=torch.rand(2),
+                                                       layer=lesson_balance.build_layer(CLUSTERS, BALANCE))),
+    Spec("build_layer", lesson_balance.build_layer, dict(task=CLUSTERS, config=BALANCE)),
+    Spec("expert_shares", lesson_balance.expert_shares, dict(record=BALANCE_RECORD)),
+    Spec("train_balance", lesson_balance.train_balance, dict(task=CLUSTERS, config=BALANCE, progress=False,
+                                                             desc="fuzz"), text=("desc",)),
+    Spec("route", lesson_balance.route, dict(layer=lesson_balance.build_layer(CLUSTERS, BALANCE), x=CLUSTERS.x)),
+    Spec("capacity_drops", lesson_balance.capacity_drops, dict(expert_indices=INDICES, num_experts=4,
+                                                               capacity_factor=1.0)),
+    # modern (lesson 10)
+    Spec("BalanceHistory", lesson_modern.BalanceHistory, dict(loss=[1.0], aux=[{}], expert_load=[torch.rand(1, 4)])),
+    Spec("train_with_balancing", lesson_modern.train_with_balancing,
+         dict(model=_lm(), data=PREPARED.train, config=TINY_TRAIN, bias_rate=0.001, progress=False, desc="fuzz"),
+         text=("desc",)),
+    Spec("max_load_ratio", lesson_modern.max_load_ratio,
+         dict(history=lesson_modern.BalanceHistory(expert_load=[torch.full((1, 4), 0.25)]), last=1)),
+    Spec("future_token_change", lesson_modern.future_token_change,
+         dict(layer=mt.MoELayer(8, num_experts=4), x=torch.randn(1, 4, 8), position=1, scale=10.0)),
+    Spec("GroupedToyModel", lesson_modern.GroupedToyModel, dict(layer=mt.MoELayer(8, num_experts=4), group_size=2)),
+    Spec("domain_purity", lesson_modern.domain_purity, dict(counts=torch.rand(1, 4, 4))),
+    # routing analysis (lesson 08 and the dashboard)
+    Spec("default_config", lesson_routing.default_config, dict(vocab_size=64)),
+    Spec("default_train_config", lesson_routing.default_train_config, dict()),
+    Spec("cache_folder", lesson_routing.cache_folder, dict(cache_dir=str(SCRATCH)), text=("cache_dir",)),
+    Spec("default_checkpoint_path", lesson_routing.default_checkpoint_path, dict(cache_dir=str(SCRATCH)),
+         text=("cache_dir",)),
+    Spec("default_model", lesson_routing.default_model, dict(cache_dir=str(SCRATCH), progress=False),
+         text=("cache_dir",)),
+    Spec("ensure_default_checkpoint", lesson_routing.ensure_default_checkpoint,
+         dict(cache_dir=str(SCRATCH), progress=False), text=("cache_dir",)),
+    Spec("load_model", lesson_routing.load_model, dict(checkpoint=_checkpoint(), cache_dir=str(SCRATCH),
+                                                       progress=False), text=("checkpoint", "cache_dir")),
+    Spec("validation_corpus", lesson_routing.validation_corpus, dict(seed=0)),
+    Spec("domain_examples", lesson_routing.domain_examples, dict(corpus=PREPARED.corpus)),
+    Spec("TextRouting", lesson_routing.TextRouting,
+         dict(words=["a", "b"], unknown=[False, False], probs=torch.rand(1, 2, 4), experts=torch.zeros(1, 2, 2,
+              dtype=torch.long), weights=torch.rand(1, 2, 2), cut=0)),
+    Spec("route_text", lesson_routing.route_text, dict(model=ROUTING_MODEL, tokenizer=TOKENIZER, text="the bank"),
+         text=("text",)),
+    Spec("RoutingTable", lesson_routing.RoutingTable,
+         dict(token_ids=ROUTING_TABLE.token_ids, domains=ROUTING_TABLE.domains, probs=ROUTING_TABLE.probs,
+              experts=ROUTING_TABLE.experts, vocab=list(ROUTING_TABLE.vocab))),
+    Spec("collect_routing", lesson_routing.collect_routing, dict(model=ROUTING_MODEL, data=PREPARED.validation,
+                                                                 batch_size=8)),
+    Spec("routing_table", lesson_routing.routing_table, dict(model=ROUTING_MODEL, tokenizer=TOKENIZER,
+                                                             corpus=PREPARED.corpus)),
+    Spec("domain_expert_shares", lesson_routing.domain_expert_shares, dict(table=ROUTING_TABLE)),
+    Spec("routing_entropy", lesson_routing.routing_entropy, dict(probs=PROBS_3)),
+    Spec("routing_margin", lesson_routing.routing_margin, dict(probs=PROBS_3)),
+    Spec("cooccurrence", lesson_routing.cooccurrence, dict(first_a=torch.tensor([0, 1, 2]),
+                                                           first_b=torch.tensor([1, 1, 0]), num_experts=4)),
+    Spec("mutual_information", lesson_routing.mutual_information, dict(counts=torch.rand(4, 4))),
+    Spec("entropy_bits", lesson_routing.entropy_bits, dict(counts=torch.rand(4))),
+    Spec("top_tokens", lesson_routing.top_tokens, dict(words=["a", "b", "a"], experts=[0, 1, 0], expert=0, n=2)),
+    Spec("ExpertCard", lesson_routing.ExpertCard, dict(layer=0, expert=1, traffic=0.5, top_words=[("a", 2)],
+                                                       domain_shares={"legal": 1.0})),
+    Spec("expert_card", lesson_routing.expert_card, dict(table=ROUTING_TABLE, layer=0, expert=1, n=3),
+         extra={"layer": [5], "expert": [9]}),
+    Spec("is_function_word", lesson_routing.is_function_word, dict(word="the"), text=("word",)),
+    Spec("word_consistency", lesson_routing.word_consistency, dict(words=["a", "b", "a"], experts=[0, 1, 0],
+                                                                   min_count=1)),
+    Spec("check_capacity_factor", lesson_routing.check_capacity_factor, dict(value=1.0),
+         not_fuzzed=("value",)),  # the argument is named capacity_factor in the widgets that call it
+    Spec("check_words", lesson_routing.check_words, dict(name="words", words=["a", "b"]), text=("name",),
+         not_fuzzed=("name",), extra={"words": [["a", 3]]}),
+    Spec("check_expert_list", lesson_routing.check_expert_list, dict(name="experts", experts=[0, 1], length=2),
+         text=("name",), not_fuzzed=("name", "length"), extra={"experts": [[0, -1], [0]]}),
+    Spec("routing_analysis.check_counts", lesson_routing.check_counts, dict(name="counts", counts=torch.rand(4),
+                                                                             dims=1),
+         text=("name",), not_fuzzed=("name", "dims"), extra={"counts": [-torch.rand(4), torch.rand(2, 2)]}),
+    Spec("check_layer", lesson_routing.check_layer, dict(layer=0, num_layers=2), extra={"layer": [2]}),
+    # performance (lesson 04): tiny sizes, one repeat
+    Spec("check_sizes", lesson_performance.check_sizes, dict(tokens=8, dim=8), extra={"tokens": [HUGE]}),
+    Spec("check_int_tuple", lesson_performance.check_int_tuple, dict(name="values", values=(2, 4), maximum=64),
+         text=("name",), not_fuzzed=("name", "maximum"), extra={"values": [(), (2, 0), (2, 65)]}),
+    Spec("check_repeats", lesson_performance.check_repeats, dict(repeats=2, warmup=0), extra={"repeats": [HUGE]}),
+    Spec("median_seconds", lesson_performance.median_seconds, dict(fn=lambda: None, repeats=1, warmup=0),
+         extra={"repeats": [HUGE]}),
+    Spec("training_memory_bytes", lesson_performance.training_memory_bytes, dict(module=mt.Expert(8, 8), x=X)),
+    Spec("make_layers", lesson_performance.make_layers, dict(dim=8, hidden=8, num_experts=4, top_k=2, seed=0)),
+    Spec("layer_counts", lesson_performance.layer_counts, dict(dim=8, hidden=8, num_experts=4, top_k=2)),
+    Spec("interleaved_timings", lesson_performance.interleaved_timings,
+         dict(cases=TIMING_CASES, repeats=1, rounds=1, warmup=0, seed=0, progress=False)),
+    Spec("measure_layers", lesson_performance.measure_layers,
+         dict(layers=lesson_performance.make_layers(8, 8, 4, 2), x=X, repeats=1, rounds=1, progress=False)),
+    Spec("sweep", lesson_performance.sweep, dict(experts=(2,), top_ks=(1,), tokens=8, dim=4, hidden=4, repeats=1,
+                                                 rounds=1, seed=0, progress=False), extra={"tokens": [HUGE]}),
+    Spec("moe_forward_breakdown", lesson_performance.moe_forward_breakdown,
+         dict(tokens=8, dim=4, hidden=4, num_experts=2, top_k=1, repeats=1, seed=0), extra={"tokens": [HUGE]}),
+    Spec("stage_sum", lesson_performance.stage_sum, dict(breakdown=dict.fromkeys(lesson_performance.STAGES, 1.0))),
+    Spec("matmul_throughput", lesson_performance.matmul_throughput, dict(row_counts=(4, 8), dim=4, hidden=4,
+                                                                        repeats=1, seed=0)),
+    Spec("flop_saving", lesson_performance.flop_saving, dict(num_experts=4, top_k=2, dim=8, hidden=8, seq_len=16)),
+    Spec("lm_parameter_formula", lesson_performance.lm_parameter_formula, dict(config=LM_CONFIG)),
+    Spec("counted_on_meta", lesson_performance.counted_on_meta, dict(config=LM_CONFIG)),
+    Spec("find_config", lesson_performance.find_config, dict(active_target=1.2e7, total_target=1e8, vocab_size=8192,
+                                                             max_seq_len=512)),
+    Spec("slower_than_dense_total", lesson_performance.slower_than_dense_total,
+         dict(rows=SWEEP_ROWS, key="forward_s", min_flop_ratio=2.0), text=("key",)),
+    Spec("bytes_moved_per_forward", lesson_performance.bytes_moved_per_forward,
+         dict(tokens=8, dim=8, hidden=8, num_experts=4, top_k=2)),
+    Spec("expert_call_overhead", lesson_performance.expert_call_overhead, dict(dim=4, hidden=4, repeats=1, seed=0)),
+    Spec("square_matmul_gflops", lesson_performance.square_matmul_gflops, dict(n=8, repeats=1),
+         extra={"n": [HUGE]}),
+]
+SPECS += LESSON_SPECS
+# Functions that only draw data they are given (plots): checked by eye in the lessons, not fuzzed.
+DRAWING_ONLY = {"plot_utilisation", "plot_token_expert_heatmap", "plot_cluster_expert_heatmap", "plot_sweep"}
+
 # Modules whose every public function and class must have a spec (or be listed in NOT_FUZZED).
 FUZZED_MODULES = [experts, topk, capacity, decision, dispatch, moe_layer, losses, transformer, counting, shared,
                   fine_grained, soft_moe, bias_balancing, deepseek, expert_choice, exchange, parallel_layer,
                   launch, lm_data, lm_tokenizer, lm_model, lm_training, lm_upcycle, lm_knowledge,
-                  lm_compare] + ([hf] if HF_SPECS else [])
+                  lm_compare, lesson_toy, lesson_balance, lesson_modern, lesson_routing,
+                  lesson_performance] + ([hf] if HF_SPECS else [])
 NOT_FUZZED = {
     "moe_teach.validation": "the checkers themselves (tested in test_validation.py)",
     "moe_teach.parallel.workers": "tasks that run inside worker processes; run_workers checks what reaches them",
@@ -581,7 +732,7 @@ def issubclass_of_exception(obj) -> bool:
 
 @pytest.mark.parametrize("module", FUZZED_MODULES, ids=lambda m: m.__name__)
 def test_every_public_callable_is_fuzzed(module):
-    covered = {spec.name.split(".")[0] for spec in SPECS} | NEEDS_PROCESS_GROUP
+    covered = {spec.name.split(".")[0] for spec in SPECS} | NEEDS_PROCESS_GROUP | DRAWING_ONLY
     missing = [name for name in public_callables(module) if name not in covered]
     assert not missing, f"{module.__name__}: add a Spec to tests/test_fuzz.py for {missing}"
 
