@@ -94,6 +94,8 @@ def test_every_k(top_k):
     ("-1", "'-1' is not allowed"),
     ("0", "'0' is not allowed"),
     ("nan", "'nan' is not allowed"),
+    ("1e30", "'1e30' is too large"),
+    ("inf", "'inf' is not allowed"),
 ])
 def test_malformed_factor_shows_a_message_and_the_explorer_keeps_working(bad, expected):
     explorer = capacity_explorer()

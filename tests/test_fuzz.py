@@ -35,6 +35,13 @@ from moe_teach import (
     soft_moe,
     transformer,
 )
+from moe_teach.lm import compare as lm_compare
+from moe_teach.lm import data as lm_data
+from moe_teach.lm import knowledge as lm_knowledge
+from moe_teach.lm import model as lm_model
+from moe_teach.lm import tokenizer as lm_tokenizer
+from moe_teach.lm import training as lm_training
+from moe_teach.lm import upcycle as lm_upcycle
 from moe_teach.parallel import exchange, launch
 from moe_teach.parallel import layer as parallel_layer
 from moe_teach.routing import capacity, decision, deepseek, topk
@@ -237,10 +244,337 @@ SPECS = [
     Spec("check_launch_args", launch.check_launch_args, dict(nproc=2, backend="gloo", timeout=30.0)),
 ]
 
+# ----------------------------------------------------------------------------- the language-model package
+import argparse  # noqa: E402
+import random  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+PREPARED = lm_training.prepare_data(documents_per_domain=10, seed=0, max_seq_len=24)
+TOKENIZER = PREPARED.tokenizer
+LM_BLOCK = mt.BlockConfig(dim=8, num_heads=2, hidden_dim=8, moe=mt.MoEConfig(num_experts=4, top_k=2))
+LM_CONFIG = lm_model.LMConfig(vocab_size=len(TOKENIZER), max_seq_len=24, num_layers=1, block=LM_BLOCK)
+DENSE_CONFIG = LM_CONFIG.dense_twin("active")
+DOCS = PREPARED.corpus.train[:8]
+KNOWLEDGE_DOC = lm_knowledge.make_knowledge_corpus(train_orders=1).train[0]
+ENTITY = lm_knowledge.make_entities(seed=0)[0]
+SCRATCH = Path(tempfile.mkdtemp(prefix="moe-teach-fuzz-"))
+
+
+def _lm(dense: bool = False):
+    return lm_training.build_model(DENSE_CONFIG if dense else LM_CONFIG, seed=0)
+
+
+def _checkpoint() -> str:
+    return str(lm_training.save_checkpoint(SCRATCH / "lm.pt", _lm(), TOKENIZER))
+
+
+def _cli_args(**changes) -> argparse.Namespace:
+    args = argparse.Namespace(**{**lm_training.build_defaults(), "steps": 2, "documents_per_domain": 10,
+                                 "batch_size": 4, "no_progress": True, "out": str(SCRATCH / "cli.pt"), **changes})
+    return args
+
+
+TINY_TRAIN = lm_training.TrainConfig(steps=2, batch_size=4, warmup_steps=1)
+ANSWERS = PREPARED.train.inputs > 10
+
+LM_SPECS = [
+    # data
+    Spec("Document", lm_data.Document, dict(text="the bank rose .", domain="finance"), text=("text",)),
+    Spec("Corpus", lm_data.Corpus, dict(train=DOCS, validation=DOCS), extra={"train": [[1, 2]]}),
+    Spec("make_sentence", lm_data.make_sentence, dict(domain="legal", rng=random.Random(0))),
+    Spec("make_document", lm_data.make_document, dict(domain="legal", rng=random.Random(0), min_sentences=2,
+                                                      max_sentences=3), extra={"max_sentences": [1, HUGE]}),
+    Spec("make_corpus", lm_data.make_corpus, dict(documents_per_domain=10, validation_fraction=0.2, seed=0),
+         extra={"documents_per_domain": [HUGE], "validation_fraction": [1.0, 0.0, 1.5]}),
+    Spec("domain_counts", lm_data.domain_counts, dict(documents=DOCS)),
+    Spec("domain_vocabularies", lm_data.domain_vocabularies, dict(documents=DOCS)),
+    Spec("shared_words", lm_data.shared_words, dict(documents=DOCS)),
+    Spec("check_documents", lm_data.check_documents, dict(name="documents", documents=DOCS), text=("name",),
+         not_fuzzed=("name",)),
+    # tokenizer
+    Spec("split_words", lm_tokenizer.split_words, dict(text="a, b."), text=("text",)),
+    Spec("WordTokenizer", lm_tokenizer.WordTokenizer, dict(vocab=list(TOKENIZER.vocab)),
+         extra={"vocab": [["a", "b"], "<pad>"]}),
+    Spec("WordTokenizer.from_texts", lm_tokenizer.WordTokenizer.from_texts, dict(texts=["a b", "b c"], min_count=1),
+         extra={"texts": ["abc def", [1, 2]], "min_count": [0, math.nan]}),
+    Spec("WordTokenizer.encode", TOKENIZER.encode, dict(text="the bank", add_bos=True, add_eos=False),
+         text=("text",)),
+    Spec("WordTokenizer.decode", TOKENIZER.decode, dict(ids=[4, 5], skip_special=True),
+         extra={"ids": ["45", [4.0], [-1], [10**6], torch.tensor([4.0])]}),
+    Spec("WordTokenizer.unknown_words", TOKENIZER.unknown_words, dict(text="the zebra"), text=("text",)),
+    Spec("WordTokenizer.from_dict", lm_tokenizer.WordTokenizer.from_dict, dict(data=TOKENIZER.to_dict()),
+         extra={"data": [{"kind": "word", "vocab": "abc"}]}),
+    # model
+    Spec("LMConfig", lm_model.LMConfig, dict(vocab_size=64, max_seq_len=24, num_layers=1, block=LM_BLOCK,
+                                             tie_weights=True),
+         extra={"num_layers": [HUGE], "max_seq_len": [HUGE], "vocab_size": [HUGE]}),
+    Spec("LanguageModel", lm_model.LanguageModel, dict(config=LM_CONFIG), extra={"config": [LM_CONFIG.to_dict()]}),
+    Spec("LanguageModel.forward", lambda ids: _lm()(ids), dict(ids=PREPARED.train.inputs[:2]),
+         extra={"ids": [PREPARED.train.inputs[:2].float(), PREPARED.train.inputs[0],
+                        PREPARED.train.inputs[:2] + 10**4]}),
+    Spec("encode_prompt", lm_model.encode_prompt, dict(tokenizer=TOKENIZER, prompt="the bank", max_seq_len=24),
+         text=("prompt",)),
+    Spec("next_word_probabilities", lm_model.next_word_probabilities,
+         dict(model=_lm(), tokenizer=TOKENIZER, prompt="the bank", top_n=3), text=("prompt",)),
+    Spec("generate", lm_model.generate, dict(model=_lm(), tokenizer=TOKENIZER, prompt="the bank", max_new_words=2,
+                                             temperature=0.5, seed=0), text=("prompt",),
+         extra={"max_new_words": [HUGE], "temperature": [-1.0]}),
+    Spec("lm_loss", lm_model.lm_loss, dict(logits=torch.randn(2, 3, 5), targets=torch.randint(0, 5, (2, 3)),
+                                           pad_id=0), extra={"targets": [torch.randint(0, 5, (2, 2))]}),
+    # training
+    Spec("LMData", lm_training.LMData, dict(inputs=PREPARED.train.inputs, targets=PREPARED.train.targets,
+                                            domains=PREPARED.train.domains, pad_id=0, answer_mask=ANSWERS),
+         extra={"targets": [PREPARED.train.targets[:, :3]], "answer_mask": [ANSWERS[:, :3]]}),
+    Spec("encode_documents", lm_training.encode_documents, dict(documents=DOCS, tokenizer=TOKENIZER, max_seq_len=24,
+                                                                answer_words={"the"}),
+         extra={"documents": [[]], "answer_words": ["the"]}),
+    Spec("Prepared", lm_training.Prepared, dict(corpus=PREPARED.corpus, tokenizer=TOKENIZER, train=PREPARED.train,
+                                                validation=PREPARED.validation)),
+    Spec("prepare_data", lm_training.prepare_data, dict(documents_per_domain=10, seed=0, max_seq_len=24),
+         extra={"documents_per_domain": [HUGE]}),
+    Spec("model_config", lm_training.model_config, dict(kind="dense-total", base=LM_CONFIG)),
+    Spec("build_model", lm_training.build_model, dict(config=LM_CONFIG, seed=0)),
+    Spec("TrainConfig", lm_training.TrainConfig, dict(steps=2, batch_size=4, lr=1e-3, warmup_steps=1,
+                                                      min_lr_ratio=0.1, weight_decay=0.01, grad_clip=1.0,
+                                                      switch_coef=0.01, z_coef=0.001, seed=0),
+         extra={"batch_size": [100_000], "min_lr_ratio": [1.5], "steps": [HUGE]}),
+    Spec("learning_rate", lm_training.learning_rate, dict(step=0, config=TINY_TRAIN)),
+    Spec("batch_schedule", lm_training.batch_schedule, dict(num_rows=5, steps=3, batch_size=2, seed=0),
+         extra={"num_rows": [0], "batch_size": [100_000], "steps": [HUGE]}),
+    Spec("check_scheduled_rows", lm_training.check_scheduled_rows, dict(steps=2, batch_size=4),
+         not_fuzzed=("steps", "batch_size"), extra={}),
+    Spec("History", lm_training.History, dict(loss=[1.0], switch=[0.1], z=[0.1], lr=[1e-3], grad_norm=[1.0],
+                                              expert_load=[])),
+    Spec("make_optimizer", lm_training.make_optimizer, dict(model=_lm(), config=TINY_TRAIN)),
+    Spec("train_model", lm_training.train_model, dict(model=_lm(), data=PREPARED.train, config=TINY_TRAIN,
+                                                      progress=False, desc="fuzz", start_step=0, stop_step=1,
+                                                      optimizer=None, callback=None),
+         text=("desc",), extra={"config": [{"steps": 2}], "stop_step": [3], "callback": [3]}),
+    Spec("check_model_and_data", lm_training.check_model_and_data, dict(model=_lm(), data=PREPARED.train)),
+    *[Spec(name, fn, dict(model=_lm(), data=PREPARED.validation, batch_size=8))
+      for name, fn in [("evaluate", lm_training.evaluate), ("domain_expert_counts", lm_training.domain_expert_counts),
+                       ("domain_expert_shares", lm_training.domain_expert_shares)]],
+    Spec("answer_token_loss", lm_training.answer_token_loss,
+         dict(logits=torch.randn(2, 3, 5), targets=torch.randint(0, 5, (2, 3)),
+              answer_mask=torch.ones(2, 3, dtype=torch.bool)),
+         extra={"answer_mask": [torch.zeros(2, 3, dtype=torch.bool), torch.ones(2, 2, dtype=torch.bool)]}),
+    Spec("evaluate_answers", lm_training.evaluate_answers,
+         dict(model=_lm(), data=lm_training.LMData(**{**vars(PREPARED.validation),
+                                                      "answer_mask": PREPARED.validation.inputs > 10}),
+              batch_size=8), extra={"data": [PREPARED.validation]}),
+    Spec("answer_experts", lm_training.answer_experts,
+         dict(model=_lm(), data=lm_training.LMData(**{**vars(PREPARED.validation),
+                                                      "answer_mask": PREPARED.validation.inputs > 10}),
+              layer=0, batch_size=8), extra={"layer": [1]}),
+    Spec("save_checkpoint", lm_training.save_checkpoint, dict(path=str(SCRATCH / "saved.pt"), model=_lm(),
+                                                              tokenizer=TOKENIZER), text=("path",)),
+    Spec("check_path", lm_training.check_path, dict(name="path", path="a.pt"), text=("name", "path"),
+         not_fuzzed=("name",), extra={"path": [""]}),
+    Spec("check_zip_integrity", lm_training.check_zip_integrity, dict(path=_checkpoint()), text=("path",)),
+    Spec("read_checkpoint", lm_training.read_checkpoint, dict(path=_checkpoint()), text=("path",)),
+    Spec("load_checkpoint", lm_training.load_checkpoint, dict(path=_checkpoint(), model=_lm()), text=("path",),
+         extra={"model": [_lm(dense=True)]}),
+    Spec("configure_parser", lm_training.configure_parser, dict(parser=argparse.ArgumentParser())),
+    Spec("build_defaults", lm_training.build_defaults, dict()),
+    Spec("check_args", lm_training.check_args, dict(args=_cli_args())),
+    Spec("check_compare_args", lm_training.check_compare_args, dict(args=_cli_args(out="runs/lm.pt",
+                                                                                   batch_size=16,
+                                                                                   documents_per_domain=300))),
+    Spec("check_writable", lm_training.check_writable, dict(out=str(SCRATCH / "w.pt")), text=("out",),
+         extra={"out": ["/dev/full", str(SCRATCH)]}),
+    Spec("run", lm_training.run, dict(args=_cli_args())),
+    Spec("run_compare", lm_training.run_compare, dict(args=_cli_args(out="runs/lm.pt", batch_size=16,
+                                                                     documents_per_domain=300, compare=True))),
+    # upcycle
+    Spec("upcycle_layer", lm_upcycle.upcycle_layer, dict(dense=mt.Expert(8, 16), num_experts=4, top_k=2,
+                                                         router_seed=0, router_std=0.02)),
+    Spec("upcycle", lm_upcycle.upcycle, dict(dense=_lm(dense=True), num_experts=4, top_k=2, router_seed=0),
+         extra={"dense": [_lm()], "top_k": [5]}),
+    Spec("copies_of", lm_upcycle.copies_of, dict(layer=lm_upcycle.upcycle_layer(mt.Expert(8, 16), 4),
+                                                 dense=mt.Expert(8, 16))),
+    # knowledge (lesson 07's corpus)
+    Spec("FactDocument", lm_knowledge.FactDocument, dict(text="x", domain="legal", entity="e", order=(0, 1, 2, 3)),
+         text=("text", "entity")),
+    Spec("Entity", lm_knowledge.Entity, dict(name=ENTITY.name, domain=ENTITY.domain, facts=dict(ENTITY.facts)),
+         text=("name",)),
+    Spec("KnowledgeCorpus", lm_knowledge.KnowledgeCorpus, dict(train=DOCS, validation=DOCS, entities=[ENTITY])),
+    Spec("make_entities", lm_knowledge.make_entities, dict(seed=0)),
+    Spec("fact_text", lm_knowledge.fact_text, dict(entity=ENTITY, order=(0, 1, 2, 3)),
+         extra={"order": [(0, 1), (0, 0, 1, 2), (0, 1, 2, 9)]}),
+    Spec("make_knowledge_corpus", lm_knowledge.make_knowledge_corpus, dict(train_orders=1, seed=0),
+         extra={"train_orders": [HUGE]}),
+    Spec("value_words", lm_knowledge.value_words, dict(domain="legal")),
+    Spec("document_facts", lm_knowledge.document_facts, dict(document=KNOWLEDGE_DOC)),
+    # compare (lesson 07's experiment): the pieces callable without long training
+    Spec("prepare_knowledge", lm_compare.prepare_knowledge, dict(seed=0, train_orders=1),
+         extra={"train_orders": [HUGE]}),
+    Spec("knowledge_config", lm_compare.knowledge_config, dict(vocab_size=64, num_experts=4, top_k=1, hidden_dim=8)),
+    Spec("knowledge_train_config", lm_compare.knowledge_train_config, dict(steps=4, seed=0, batch_size=4)),
+    Spec("ArmResult", lm_compare.ArmResult, dict(model=_lm(), histories=[], seconds=0.0, steps=0, scores={})),
+    Spec("Comparison", lm_compare.Comparison, dict(seed=0, steps=4, upcycle_at=2, arms={})),
+    Spec("run_comparison", lm_compare.run_comparison,
+         dict(prepared=lm_compare.prepare_knowledge(seed=0, train_orders=1), seed=0, steps=2, upcycle_at=1,
+              arms=("dense_active",), churn_every=1, progress=False), extra={"upcycle_at": [2], "arms": [("bogus",)]}),
+]
+SPECS += LM_SPECS
+
+# ----------------------------------------------------------------------------- the lessons' helpers
+from moe_teach.lessons import balance as lesson_balance  # noqa: E402
+from moe_teach.lessons import modern as lesson_modern  # noqa: E402
+from moe_teach.lessons import performance as lesson_performance  # noqa: E402
+from moe_teach.lessons import routing_analysis as lesson_routing  # noqa: E402
+from moe_teach.lessons import toy as lesson_toy  # noqa: E402
+
+TOY = lesson_toy.make_toy_data(num_points=32, seed=0)
+CLUSTERS = lesson_balance.make_cluster_task(num_points=32, dim=8, num_clusters=4, output_dim=4)
+BALANCE = lesson_balance.BalanceConfig(num_experts=4, top_k=1, hidden_dim=8, steps=2)
+BALANCE_RECORD = lesson_balance.route(lesson_balance.build_layer(CLUSTERS, BALANCE), CLUSTERS.x)
+ROUTING_MODEL = _lm()
+lm_training.save_checkpoint(lesson_routing.default_checkpoint_path(SCRATCH), ROUTING_MODEL, TOKENIZER)
+ROUTING_TABLE = lesson_routing.routing_table(ROUTING_MODEL, TOKENIZER, PREPARED.corpus)
+PROBS_3 = torch.softmax(torch.randn(5, 4), dim=-1)
+TIMING_CASES = {"a": lambda: None, "b": lambda: None}
+SWEEP_ROWS = lesson_performance.sweep(experts=(2,), top_ks=(1,), tokens=8, dim=4, hidden=4, repeats=1, progress=False)
+
+LESSON_SPECS = [
+    # toy (lessons 01-02)
+    Spec("ToyData", lesson_toy.ToyData, dict(x=TOY.x, y=TOY.y, region=TOY.region)),
+    Spec("region_of", lesson_toy.region_of, dict(x=TOY.x)),
+    Spec("toy_target", lesson_toy.toy_target, dict(x=TOY.x)),
+    Spec("make_toy_data", lesson_toy.make_toy_data, dict(num_points=32, seed=0), extra={"num_points": [HUGE]}),
+    Spec("input_grid", lesson_toy.input_grid, dict(resolution=11), extra={"resolution": [HUGE]}),
+    Spec("train_regression", lesson_toy.train_regression, dict(model=mt.Expert(2, 8, 1), data=TOY, steps=2, lr=0.01,
+                                                               progress=False, desc="fuzz", threads=1),
+         text=("desc",), extra={"steps": [HUGE]}),
+    Spec("mse_by_region", lesson_toy.mse_by_region, dict(model=mt.Expert(2, 8, 1), data=TOY)),
+    # balance (lesson 05)
+    Spec("ClusterTask", lesson_balance.ClusterTask, dict(x=CLUSTERS.x, y=CLUSTERS.y, cluster=CLUSTERS.cluster,
+                                                         shared_direction=CLUSTERS.shared_direction)),
+    Spec("make_cluster_task", lesson_balance.make_cluster_task, dict(num_points=32, dim=8, num_clusters=4,
+                                                                     output_dim=4, shared=1.0, seed=0),
+         extra={"num_points": [HUGE]}),
+    Spec("split_task", lesson_balance.split_task, dict(task=CLUSTERS, train_fraction=0.5)),
+    Spec("BalanceConfig", lesson_balance.BalanceConfig, dict(num_experts=4, top_k=1, hidden_dim=8, steps=2, lr=0.02,
+                                                             switch_coef=0.0, z_coef=0.0, capacity_factor=1.0,
+                                                             router_lean=0.2, seed=0)),
+    Spec("BalanceRun", lesson_balance.BalanceRun, dict(config=BALANCE, shares=torch.rand(2, 4),
+                                                       drop_rate=torch.rand(2), task_loss=torch.rand(2),
+                                                       switch_loss=torch.rand(2), z_loss=torch.rand(2),
+                                                       layer=lesson_balance.build_layer(CLUSTERS, BALANCE))),
+    Spec("build_layer", lesson_balance.build_layer, dict(task=CLUSTERS, config=BALANCE)),
+    Spec("expert_shares", lesson_balance.expert_shares, dict(record=BALANCE_RECORD)),
+    Spec("train_balance", lesson_balance.train_balance, dict(task=CLUSTERS, config=BALANCE, progress=False,
+                                                             desc="fuzz"), text=("desc",)),
+    Spec("route", lesson_balance.route, dict(layer=lesson_balance.build_layer(CLUSTERS, BALANCE), x=CLUSTERS.x)),
+    Spec("capacity_drops", lesson_balance.capacity_drops, dict(expert_indices=INDICES, num_experts=4,
+                                                               capacity_factor=1.0)),
+    # modern (lesson 10)
+    Spec("BalanceHistory", lesson_modern.BalanceHistory, dict(loss=[1.0], aux=[{}], expert_load=[torch.rand(1, 4)])),
+    Spec("train_with_balancing", lesson_modern.train_with_balancing,
+         dict(model=_lm(), data=PREPARED.train, config=TINY_TRAIN, bias_rate=0.001, progress=False, desc="fuzz"),
+         text=("desc",)),
+    Spec("max_load_ratio", lesson_modern.max_load_ratio,
+         dict(history=lesson_modern.BalanceHistory(expert_load=[torch.full((1, 4), 0.25)]), last=1)),
+    Spec("future_token_change", lesson_modern.future_token_change,
+         dict(layer=mt.MoELayer(8, num_experts=4), x=torch.randn(1, 4, 8), position=1, scale=10.0)),
+    Spec("GroupedToyModel", lesson_modern.GroupedToyModel, dict(layer=mt.MoELayer(8, num_experts=4), group_size=2)),
+    Spec("domain_purity", lesson_modern.domain_purity, dict(counts=torch.rand(1, 4, 4))),
+    # routing analysis (lesson 08 and the dashboard)
+    Spec("default_config", lesson_routing.default_config, dict(vocab_size=64)),
+    Spec("default_train_config", lesson_routing.default_train_config, dict()),
+    Spec("cache_folder", lesson_routing.cache_folder, dict(cache_dir=str(SCRATCH)), text=("cache_dir",)),
+    Spec("default_checkpoint_path", lesson_routing.default_checkpoint_path, dict(cache_dir=str(SCRATCH)),
+         text=("cache_dir",)),
+    Spec("default_model", lesson_routing.default_model, dict(cache_dir=str(SCRATCH), progress=False),
+         text=("cache_dir",)),
+    Spec("ensure_default_checkpoint", lesson_routing.ensure_default_checkpoint,
+         dict(cache_dir=str(SCRATCH), progress=False), text=("cache_dir",)),
+    Spec("load_model", lesson_routing.load_model, dict(checkpoint=_checkpoint(), cache_dir=str(SCRATCH),
+                                                       progress=False), text=("checkpoint", "cache_dir")),
+    Spec("validation_corpus", lesson_routing.validation_corpus, dict(seed=0)),
+    Spec("domain_examples", lesson_routing.domain_examples, dict(corpus=PREPARED.corpus)),
+    Spec("TextRouting", lesson_routing.TextRouting,
+         dict(words=["a", "b"], unknown=[False, False], probs=torch.rand(1, 2, 4), experts=torch.zeros(1, 2, 2,
+              dtype=torch.long), weights=torch.rand(1, 2, 2), cut=0)),
+    Spec("route_text", lesson_routing.route_text, dict(model=ROUTING_MODEL, tokenizer=TOKENIZER, text="the bank"),
+         text=("text",)),
+    Spec("RoutingTable", lesson_routing.RoutingTable,
+         dict(token_ids=ROUTING_TABLE.token_ids, domains=ROUTING_TABLE.domains, probs=ROUTING_TABLE.probs,
+              experts=ROUTING_TABLE.experts, vocab=list(ROUTING_TABLE.vocab))),
+    Spec("collect_routing", lesson_routing.collect_routing, dict(model=ROUTING_MODEL, data=PREPARED.validation,
+                                                                 batch_size=8)),
+    Spec("routing_table", lesson_routing.routing_table, dict(model=ROUTING_MODEL, tokenizer=TOKENIZER,
+                                                             corpus=PREPARED.corpus)),
+    Spec("domain_expert_shares", lesson_routing.domain_expert_shares, dict(table=ROUTING_TABLE)),
+    Spec("routing_entropy", lesson_routing.routing_entropy, dict(probs=PROBS_3)),
+    Spec("routing_margin", lesson_routing.routing_margin, dict(probs=PROBS_3)),
+    Spec("cooccurrence", lesson_routing.cooccurrence, dict(first_a=torch.tensor([0, 1, 2]),
+                                                           first_b=torch.tensor([1, 1, 0]), num_experts=4)),
+    Spec("mutual_information", lesson_routing.mutual_information, dict(counts=torch.rand(4, 4))),
+    Spec("entropy_bits", lesson_routing.entropy_bits, dict(counts=torch.rand(4))),
+    Spec("top_tokens", lesson_routing.top_tokens, dict(words=["a", "b", "a"], experts=[0, 1, 0], expert=0, n=2)),
+    Spec("ExpertCard", lesson_routing.ExpertCard, dict(layer=0, expert=1, traffic=0.5, top_words=[("a", 2)],
+                                                       domain_shares={"legal": 1.0})),
+    Spec("expert_card", lesson_routing.expert_card, dict(table=ROUTING_TABLE, layer=0, expert=1, n=3),
+         extra={"layer": [5], "expert": [9]}),
+    Spec("is_function_word", lesson_routing.is_function_word, dict(word="the"), text=("word",)),
+    Spec("word_consistency", lesson_routing.word_consistency, dict(words=["a", "b", "a"], experts=[0, 1, 0],
+                                                                   min_count=1)),
+    Spec("check_capacity_factor", lesson_routing.check_capacity_factor, dict(value=1.0),
+         not_fuzzed=("value",)),  # the argument is named capacity_factor in the widgets that call it
+    Spec("check_words", lesson_routing.check_words, dict(name="words", words=["a", "b"]), text=("name",),
+         not_fuzzed=("name",), extra={"words": [["a", 3]]}),
+    Spec("check_expert_list", lesson_routing.check_expert_list, dict(name="experts", experts=[0, 1], length=2),
+         text=("name",), not_fuzzed=("name", "length"), extra={"experts": [[0, -1], [0]]}),
+    Spec("routing_analysis.check_counts", lesson_routing.check_counts, dict(name="counts", counts=torch.rand(4),
+                                                                             dims=1),
+         text=("name",), not_fuzzed=("name", "dims"), extra={"counts": [-torch.rand(4), torch.rand(2, 2)]}),
+    Spec("check_layer", lesson_routing.check_layer, dict(layer=0, num_layers=2), extra={"layer": [2]}),
+    # performance (lesson 04): tiny sizes, one repeat
+    Spec("check_sizes", lesson_performance.check_sizes, dict(tokens=8, dim=8), extra={"tokens": [HUGE]}),
+    Spec("check_int_tuple", lesson_performance.check_int_tuple, dict(name="values", values=(2, 4), maximum=64),
+         text=("name",), not_fuzzed=("name", "maximum"), extra={"values": [(), (2, 0), (2, 65)]}),
+    Spec("check_repeats", lesson_performance.check_repeats, dict(repeats=2, warmup=0), extra={"repeats": [HUGE]}),
+    Spec("median_seconds", lesson_performance.median_seconds, dict(fn=lambda: None, repeats=1, warmup=0),
+         extra={"repeats": [HUGE]}),
+    Spec("training_memory_bytes", lesson_performance.training_memory_bytes, dict(module=mt.Expert(8, 8), x=X)),
+    Spec("make_layers", lesson_performance.make_layers, dict(dim=8, hidden=8, num_experts=4, top_k=2, seed=0)),
+    Spec("layer_counts", lesson_performance.layer_counts, dict(dim=8, hidden=8, num_experts=4, top_k=2)),
+    Spec("interleaved_timings", lesson_performance.interleaved_timings,
+         dict(cases=TIMING_CASES, repeats=1, rounds=1, warmup=0, seed=0, progress=False)),
+    Spec("measure_layers", lesson_performance.measure_layers,
+         dict(layers=lesson_performance.make_layers(8, 8, 4, 2), x=X, repeats=1, rounds=1, progress=False)),
+    Spec("sweep", lesson_performance.sweep, dict(experts=(2,), top_ks=(1,), tokens=8, dim=4, hidden=4, repeats=1,
+                                                 rounds=1, seed=0, progress=False), extra={"tokens": [HUGE]}),
+    Spec("moe_forward_breakdown", lesson_performance.moe_forward_breakdown,
+         dict(tokens=8, dim=4, hidden=4, num_experts=2, top_k=1, repeats=1, seed=0), extra={"tokens": [HUGE]}),
+    Spec("stage_sum", lesson_performance.stage_sum, dict(breakdown=dict.fromkeys(lesson_performance.STAGES, 1.0))),
+    Spec("matmul_throughput", lesson_performance.matmul_throughput, dict(row_counts=(4, 8), dim=4, hidden=4,
+                                                                        repeats=1, seed=0)),
+    Spec("flop_saving", lesson_performance.flop_saving, dict(num_experts=4, top_k=2, dim=8, hidden=8, seq_len=16)),
+    Spec("lm_parameter_formula", lesson_performance.lm_parameter_formula, dict(config=LM_CONFIG)),
+    Spec("counted_on_meta", lesson_performance.counted_on_meta, dict(config=LM_CONFIG)),
+    Spec("find_config", lesson_performance.find_config, dict(active_target=1.2e7, total_target=1e8, vocab_size=8192,
+                                                             max_seq_len=512)),
+    Spec("slower_than_dense_total", lesson_performance.slower_than_dense_total,
+         dict(rows=SWEEP_ROWS, key="forward_s", min_flop_ratio=2.0), text=("key",)),
+    Spec("bytes_moved_per_forward", lesson_performance.bytes_moved_per_forward,
+         dict(tokens=8, dim=8, hidden=8, num_experts=4, top_k=2)),
+    Spec("expert_call_overhead", lesson_performance.expert_call_overhead, dict(dim=4, hidden=4, repeats=1, seed=0)),
+    Spec("square_matmul_gflops", lesson_performance.square_matmul_gflops, dict(n=8, repeats=1),
+         extra={"n": [HUGE]}),
+]
+SPECS += LESSON_SPECS
+# Functions that only draw data they are given (plots): checked by eye in the lessons, not fuzzed.
+DRAWING_ONLY = {"plot_utilisation", "plot_token_expert_heatmap", "plot_cluster_expert_heatmap", "plot_sweep"}
+
 # Modules whose every public function and class must have a spec (or be listed in NOT_FUZZED).
 FUZZED_MODULES = [experts, topk, capacity, decision, dispatch, moe_layer, losses, transformer, counting, shared,
                   fine_grained, soft_moe, bias_balancing, deepseek, expert_choice, exchange, parallel_layer,
-                  launch] + ([hf] if HF_SPECS else [])
+                  launch, lm_data, lm_tokenizer, lm_model, lm_training, lm_upcycle, lm_knowledge,
+                  lm_compare, lesson_toy, lesson_balance, lesson_modern, lesson_routing,
+                  lesson_performance] + ([hf] if HF_SPECS else [])
 NOT_FUZZED = {
     "moe_teach.validation": "the checkers themselves (tested in test_validation.py)",
     "moe_teach.parallel.workers": "tasks that run inside worker processes; run_workers checks what reaches them",
@@ -248,6 +582,84 @@ NOT_FUZZED = {
 # Public callables that need an initialised process group: tests/test_parallel.py drives them in real processes.
 NEEDS_PROCESS_GROUP = {"exchange_counts", "AllToAll", "all_to_all", "ExchangeStats", "ExpertParallelMoE",
                        "all_reduce_replicated_grads", "WorkerError", "free_port", "run_workers"}
+
+
+# Known gaps in moe_teach/lm/knowledge.py and lm/compare.py (lesson 07's modules, being tuned by another
+# session): strict xfail, so each one turns into a failure to remove from this list once it is fixed.
+KNOWN_GAPS = {
+    'FactDocument-entity=3',
+    "FactDocument-order='x'",
+    'FactDocument-order=3',
+    'Entity-name=3',
+    "Entity-domain='no-such-value'",
+    'Entity-domain=3',
+    "Entity-facts='x'",
+    "KnowledgeCorpus-entities='x'",
+    'KnowledgeCorpus-entities=3',
+    "make_entities-seed='3'",
+    'make_entities-seed=2.5',
+    'make_entities-seed=True',
+    'make_entities-seed=-1',
+    'make_entities-seed=11805916207174113034',
+    "fact_text-entity='x'",
+    'fact_text-entity=3',
+    "fact_text-order='x'",
+    'fact_text-order=3',
+    'fact_text-order=(0, 1)',
+    'fact_text-order=(0, 0, 1, 2)',
+    'fact_text-order=(0, 1, 2, 9)',
+    "make_knowledge_corpus-seed='3'",
+    'make_knowledge_corpus-seed=2.5',
+    'make_knowledge_corpus-seed=True',
+    'make_knowledge_corpus-seed=-1',
+    'make_knowledge_corpus-seed=11805916207174113034',
+    "value_words-domain='no-such-value'",
+    'value_words-domain=3',
+    "document_facts-document='x'",
+    'document_facts-document=3',
+    "prepare_knowledge-seed='3'",
+    'prepare_knowledge-seed=2.5',
+    'prepare_knowledge-seed=True',
+    'prepare_knowledge-seed=-1',
+    'prepare_knowledge-seed=11805916207174113034',
+    "ArmResult-model='x'",
+    'ArmResult-model=3',
+    "ArmResult-histories='x'",
+    'ArmResult-histories=3',
+    'ArmResult-seconds=nan',
+    'ArmResult-seconds=inf',
+    "ArmResult-seconds='x'",
+    "ArmResult-steps='3'",
+    'ArmResult-steps=2.5',
+    'ArmResult-steps=True',
+    'ArmResult-steps=-1',
+    'ArmResult-steps=11805916207174113034',
+    "ArmResult-scores='x'",
+    "Comparison-seed='3'",
+    'Comparison-seed=2.5',
+    'Comparison-seed=True',
+    'Comparison-seed=-1',
+    'Comparison-seed=11805916207174113034',
+    "Comparison-steps='3'",
+    'Comparison-steps=2.5',
+    'Comparison-steps=True',
+    'Comparison-steps=-1',
+    'Comparison-steps=11805916207174113034',
+    "Comparison-upcycle_at='3'",
+    'Comparison-upcycle_at=2.5',
+    'Comparison-upcycle_at=True',
+    'Comparison-upcycle_at=-1',
+    'Comparison-upcycle_at=11805916207174113034',
+    "Comparison-arms='x'",
+    "run_comparison-prepared='x'",
+    'run_comparison-prepared=3',
+    'run_comparison-arms=3',
+    "run_comparison-churn_every='3'",
+    'run_comparison-churn_every=2.5',
+    'run_comparison-churn_every=True',
+    'run_comparison-churn_every=-1',
+    'run_comparison-churn_every=11805916207174113034',
+}
 
 
 def bad_values(value, text: bool) -> list:
@@ -276,7 +688,10 @@ def cases():
                 continue
             values = bad_values(value, arg in spec.text) + spec.extra.get(arg, [])
             for bad in values:
-                yield pytest.param(spec, arg, bad, id=f"{spec.name}-{arg}={bad!r:.20}")
+                case_id = f"{spec.name}-{arg}={bad!r:.20}"
+                marks = [pytest.mark.xfail(strict=True, reason="known gap in lesson 07's module")] \
+                    if case_id in KNOWN_GAPS else []
+                yield pytest.param(spec, arg, bad, id=case_id, marks=marks)
 
 
 @contextlib.contextmanager
@@ -319,7 +734,7 @@ def issubclass_of_exception(obj) -> bool:
 
 @pytest.mark.parametrize("module", FUZZED_MODULES, ids=lambda m: m.__name__)
 def test_every_public_callable_is_fuzzed(module):
-    covered = {spec.name.split(".")[0] for spec in SPECS} | NEEDS_PROCESS_GROUP
+    covered = {spec.name.split(".")[0] for spec in SPECS} | NEEDS_PROCESS_GROUP | DRAWING_ONLY
     missing = [name for name in public_callables(module) if name not in covered]
     assert not missing, f"{module.__name__}: add a Spec to tests/test_fuzz.py for {missing}"
 

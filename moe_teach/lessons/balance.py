@@ -28,8 +28,22 @@ from tqdm.auto import tqdm
 
 from ..moe_layer import MoELayer
 from ..routing import RoutingRecord, apply_capacity, expert_capacity
-from ..validation import check_non_negative_float, check_positive_float, check_positive_int, check_top_k
+from ..validation import (
+    check_bool,
+    check_float_tensor,
+    check_index_tensor,
+    check_instance,
+    check_module,
+    check_non_negative_float,
+    check_positive_float,
+    check_positive_int,
+    check_seed,
+    check_text,
+    check_top_k,
+)
 from .timing import torch_threads
+
+MAX_POINTS = 10_000_000
 
 
 @dataclass
@@ -48,6 +62,14 @@ class ClusterTask:
     cluster: torch.Tensor
     shared_direction: torch.Tensor
 
+    def __post_init__(self):
+        check_float_tensor("x", self.x, min_dims=2)
+        check_float_tensor("y", self.y, min_dims=2)
+        check_index_tensor("cluster", self.cluster, num_rows=self.x.shape[0], dims=1)
+        check_float_tensor("shared_direction", self.shared_direction, last_dim=self.x.shape[1])
+        if self.y.shape[0] != self.x.shape[0]:
+            raise ValueError(f"y must have {self.x.shape[0]} rows (one per point of x), got {self.y.shape[0]}")
+
     def __len__(self) -> int:
         return self.x.shape[0]
 
@@ -60,7 +82,8 @@ def make_cluster_task(num_points: int = 256, dim: int = 8, num_clusters: int = 1
     The same ``seed`` gives the same points; use :func:`split_task` for a held-out batch of
     the same task (a different seed is a different task).
     """
-    check_positive_int("num_points", num_points)
+    check_positive_int("num_points", num_points, maximum=MAX_POINTS)
+    check_seed("seed", seed)
     check_positive_int("dim", dim)
     check_positive_int("num_clusters", num_clusters)
     check_positive_int("output_dim", output_dim)
@@ -79,6 +102,8 @@ def make_cluster_task(num_points: int = 256, dim: int = 8, num_clusters: int = 1
 
 def split_task(task: ClusterTask, train_fraction: float = 0.5) -> tuple[ClusterTask, ClusterTask]:
     """The first ``train_fraction`` of the points for training, the rest held out."""
+    check_instance("task", task, ClusterTask)
+    check_positive_float("train_fraction", train_fraction)
     if not 0 < train_fraction < 1:
         raise ValueError(f"train_fraction must be between 0 and 1 (exclusive), got {train_fraction}")
     cut = max(1, min(len(task) - 1, round(len(task) * train_fraction)))
@@ -112,6 +137,7 @@ class BalanceConfig:
         if self.capacity_factor is not None:
             check_positive_float("capacity_factor", self.capacity_factor)
         check_non_negative_float("router_lean", self.router_lean)
+        check_seed("seed", self.seed)
 
 
 @dataclass
@@ -134,6 +160,12 @@ class BalanceRun:
     z_loss: torch.Tensor
     layer: MoELayer = field(repr=False)
 
+    def __post_init__(self):
+        check_instance("config", self.config, BalanceConfig)
+        for name in ("shares", "drop_rate", "task_loss", "switch_loss", "z_loss"):
+            check_float_tensor(name, getattr(self, name))
+        check_module("layer", self.layer, MoELayer)
+
     @property
     def final_shares(self) -> torch.Tensor:
         """``[E]`` shares at the last recorded step."""
@@ -150,6 +182,8 @@ def build_layer(task: ClusterTask, config: BalanceConfig) -> MoELayer:
 
     The global random state is left as it was.
     """
+    check_instance("task", task, ClusterTask)
+    check_instance("config", config, BalanceConfig)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         layer = MoELayer(task.x.shape[1], task.y.shape[1], num_experts=config.num_experts, top_k=config.top_k,
@@ -161,13 +195,17 @@ def build_layer(task: ClusterTask, config: BalanceConfig) -> MoELayer:
 
 def expert_shares(record: RoutingRecord) -> torch.Tensor:
     """``[E]`` fraction of the record's ``T * k`` assignments routed to each expert (before dropping)."""
+    check_instance("record", record, RoutingRecord)
     return record.routed_per_expert.float() / record.expert_indices.numel()
 
 
 def train_balance(task: ClusterTask, config: BalanceConfig | None = None, progress: bool = False,
                   desc: str = "training") -> BalanceRun:
     """Train a fresh layer full-batch on ``task`` (on one thread) and record utilisation at every step."""
-    config = BalanceConfig() if config is None else config
+    check_instance("task", task, ClusterTask)
+    config = BalanceConfig() if config is None else check_instance("config", config, BalanceConfig)
+    check_bool("progress", progress)
+    check_text("desc", desc)
     with torch_threads(1):
         return _train(task, config, progress, desc)
 
@@ -197,6 +235,7 @@ def _train(task: ClusterTask, config: BalanceConfig, progress: bool, desc: str) 
 @torch.no_grad()
 def route(layer: MoELayer, x: torch.Tensor) -> RoutingRecord:
     """The routing record of ``layer`` on ``x`` ``[N, D]`` in eval mode (no gradient)."""
+    check_module("layer", layer, MoELayer)
     layer.eval()
     return layer(x, return_record=True)[1]
 
@@ -204,6 +243,7 @@ def route(layer: MoELayer, x: torch.Tensor) -> RoutingRecord:
 def capacity_drops(expert_indices: torch.Tensor, num_experts: int,
                    capacity_factor: float | None) -> tuple[torch.Tensor, int | None]:
     """``(kept [T, k] bool, capacity)`` of a routing decision under ``capacity_factor`` (None = dropless)."""
+    check_index_tensor("expert_indices", expert_indices)
     if capacity_factor is None:
         return torch.ones_like(expert_indices, dtype=torch.bool), None
     num_tokens, top_k = expert_indices.shape

@@ -18,9 +18,18 @@ from tqdm.auto import tqdm
 
 from ..bias_balancing import update_selection_biases
 from ..lm.model import LanguageModel, lm_loss
-from ..lm.training import LMData, TrainConfig, batch_schedule, learning_rate
+from ..lm.training import LMData, TrainConfig, batch_schedule, check_model_and_data, learning_rate
 from ..transformer import collect_aux_losses, moe_layers
-from ..validation import check_float_tensor, check_positive_float, check_positive_int
+from ..validation import (
+    check_bool,
+    check_float_tensor,
+    check_instance,
+    check_module,
+    check_non_negative_int,
+    check_positive_float,
+    check_positive_int,
+    check_text,
+)
 
 
 @dataclass
@@ -30,6 +39,11 @@ class BalanceHistory:
     loss: list[float] = field(default_factory=list)
     aux: list[dict] = field(default_factory=list)
     expert_load: list[torch.Tensor] = field(default_factory=list)
+
+    def __post_init__(self):
+        for name in ("loss", "aux", "expert_load"):
+            if not isinstance(getattr(self, name), list):
+                raise TypeError(f"{name} must be a list, got {type(getattr(self, name)).__name__}")
 
 
 def train_with_balancing(model: LanguageModel, data: LMData, config: TrainConfig | None = None,
@@ -41,7 +55,10 @@ def train_with_balancing(model: LanguageModel, data: LMData, config: TrainConfig
     declare (a router without them adds nothing). With ``bias_rate``, every DeepSeek-V3 router's
     selection bias is updated after each optimizer step (:func:`~moe_teach.update_selection_biases`).
     """
-    config = TrainConfig() if config is None else config
+    check_model_and_data(model, data)
+    config = TrainConfig() if config is None else check_instance("config", config, TrainConfig)
+    check_bool("progress", progress)
+    check_text("desc", desc)
     if bias_rate is not None:
         check_positive_float("bias_rate", bias_rate)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -72,7 +89,10 @@ def train_with_balancing(model: LanguageModel, data: LMData, config: TrainConfig
 
 def max_load_ratio(history: BalanceHistory, last: int = 20) -> float:
     """Busiest expert's load over the mean load, averaged over layers and the ``last`` steps (1 = perfect)."""
+    check_instance("history", history, BalanceHistory)
     check_positive_int("last", last)
+    if not history.expert_load:
+        raise ValueError("history has no expert_load: the model it trained has no MoE layers")
     load = torch.stack(history.expert_load[-last:])                   # [steps, L, E] fractions
     return float((load.max(dim=-1).values * load.shape[-1]).mean())
 
@@ -85,8 +105,10 @@ def future_token_change(layer: nn.Module, x: torch.Tensor, position: int | None 
     ``x`` ``[B, S, D]``; the token at ``position`` (default: the last) of every sequence is
     replaced by ``scale`` times a fixed random direction. A causal layer gives exactly 0.
     """
+    check_module("layer", layer)
     check_float_tensor("x", x, min_dims=3)
-    position = x.shape[1] - 1 if position is None else position
+    position = x.shape[1] - 1 if position is None else check_non_negative_int("position", position)
+    scale = check_positive_float("scale", scale)
     if not 0 < position < x.shape[1]:
         raise ValueError(f"position must be between 1 and {x.shape[1] - 1}, got {position}")
     generator = torch.Generator().manual_seed(0)
@@ -104,6 +126,7 @@ class GroupedToyModel(nn.Module):
 
     def __init__(self, layer: nn.Module, group_size: int):
         super().__init__()
+        check_module("layer", layer)
         self.layer, self.group_size = layer, check_positive_int("group_size", group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -119,6 +142,7 @@ def domain_purity(counts: torch.Tensor) -> float:
     ``counts`` ``[L, domains, E]`` (from :func:`moe_teach.lm.training.domain_expert_counts`);
     averaged over layers. 1 = every expert serves one domain; about 1/domains = no specialisation.
     """
+    check_float_tensor("counts", counts, min_dims=3)
     per_expert = counts.sum(dim=1)                                      # [L, E]
     main_domain = counts.max(dim=1).values                              # [L, E]
     return float((main_domain.sum(dim=-1) / per_expert.sum(dim=-1).clamp_min(1)).mean())

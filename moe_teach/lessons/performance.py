@@ -26,13 +26,52 @@ from ..lm.model import LanguageModel, LMConfig
 from ..moe_layer import MoEConfig, MoELayer
 from ..routing import apply_capacity
 from ..transformer import BlockConfig
-from ..validation import check_top_k
+from ..validation import (
+    check_bool,
+    check_float_tensor,
+    check_instance,
+    check_module,
+    check_non_negative_int,
+    check_positive_float,
+    check_positive_int,
+    check_seed,
+    check_text,
+    check_top_k,
+)
 from .timing import compare, time_callable
+
+MAX_REPEATS = 100_000
+MAX_TOKENS = 1_000_000      # rows of one timed input; 10**9 would not fit in memory
+MAX_WIDTH = 65_536          # dim / hidden of a timed layer
+MAX_MATMUL_N = 16_384
+
+
+def check_sizes(**sizes) -> None:
+    """Each keyword must be a positive int of at most :data:`MAX_WIDTH` (``tokens``: :data:`MAX_TOKENS`)."""
+    for name, value in sizes.items():
+        check_positive_int(name, value, maximum=MAX_TOKENS if name == "tokens" else MAX_WIDTH)
+
+
+def check_int_tuple(name: str, values, maximum: int = MAX_WIDTH) -> tuple[int, ...]:
+    """``values`` must be a non-empty tuple or list of positive ints."""
+    if isinstance(values, str) or not isinstance(values, (tuple, list)) or not values:
+        raise TypeError(f"{name} must be a non-empty tuple of positive ints, got {values!r:.60}")
+    for value in values:
+        check_positive_int(f"{name} entry", value, maximum=maximum)
+    return tuple(values)
+
+
+def check_repeats(repeats, warmup=0) -> None:
+    check_positive_int("repeats", repeats, maximum=MAX_REPEATS)
+    check_non_negative_int("warmup", warmup, maximum=MAX_REPEATS)
 
 
 # ----------------------------------------------------------------------------- measuring
 def median_seconds(fn, repeats: int = 5, warmup: int = 1) -> float:
     """Median wall time of ``fn()`` over ``repeats`` calls, after ``warmup`` untimed calls."""
+    if not callable(fn):
+        raise TypeError(f"fn must be a function to time, got {type(fn).__name__}")
+    check_repeats(repeats, warmup)
     return time_callable(fn, repeats=repeats, warmup=warmup).median
 
 
@@ -42,6 +81,8 @@ def training_memory_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
     Saved tensors are counted once per storage (a view of a saved tensor is free), and
     parameters saved by a layer are not counted again.
     """
+    check_module("module", module)
+    check_float_tensor("x", x)
     param_storages = {p.untyped_storage().data_ptr() for p in module.parameters()}
     saved: dict[int, int] = {}
 
@@ -63,7 +104,9 @@ def make_layers(
     dim: int, hidden: int, num_experts: int, top_k: int, seed: int = 0
 ) -> dict[str, torch.nn.Module]:
     """The MoE layer and its two dense twins (GELU experts with biases, dropless grouped dispatch)."""
+    check_sizes(dim=dim, hidden=hidden, num_experts=num_experts)
     check_top_k(top_k, num_experts)
+    check_seed("seed", seed)
     torch.manual_seed(seed)
     return {
         "moe": MoELayer(dim, dim, num_experts, top_k, hidden, activation="gelu"),
@@ -74,6 +117,8 @@ def make_layers(
 
 def layer_counts(dim: int, hidden: int, num_experts: int, top_k: int) -> dict[str, dict[str, int]]:
     """Parameters (total, active) and FLOPs per token of the three layers, by formula."""
+    check_sizes(dim=dim, hidden=hidden, num_experts=num_experts)
+    check_top_k(top_k, num_experts)
     experts_total = num_experts * expert_parameter_count(dim, hidden, dim, "gelu")
     router = dim * num_experts
     return {
@@ -112,6 +157,13 @@ def interleaved_timings(
     order of the cases is shuffled each round (seeded), so no case always runs right after
     the same (say, a much larger) one. Returns key -> :class:`~moe_teach.lessons.timing.Timing`.
     """
+    if not isinstance(cases, dict) or not cases or not all(callable(fn) for fn in cases.values()):
+        raise TypeError(f"cases must be a non-empty dict of key -> function, got {cases!r:.60}")
+    check_repeats(repeats, warmup)
+    if rounds is not None:
+        check_positive_int("rounds", rounds, maximum=repeats)
+    check_seed("seed", seed)
+    check_bool("progress", progress)
     rounds = repeats if rounds is None else rounds
     return compare(cases, repeats=repeats, warmup=warmup, rounds=rounds, seed=seed, progress=progress)
 
@@ -139,6 +191,11 @@ def measure_layers(
     All layers are timed together in interleaved rounds (:func:`interleaved_timings`).
     ``spread`` is ``(max - min) / median`` of the repeats: large values mean a noisy machine.
     """
+    if not isinstance(layers, dict) or not layers:
+        raise TypeError(f"layers must be a non-empty dict of key -> nn.Module, got {layers!r:.60}")
+    for layer in layers.values():
+        check_module("layers entry", layer)
+    check_float_tensor("x", x)
     cases = {}
     for key, layer in layers.items():
         cases[(key, "forward")] = _forward(layer, x)
@@ -173,6 +230,12 @@ def sweep(
     Dense layers depend only on their width, so each width is measured once and reused. All
     layers are timed together in interleaved rounds, so their times can be compared.
     """
+    check_int_tuple("experts", experts)
+    check_int_tuple("top_ks", top_ks)
+    check_sizes(tokens=tokens, dim=dim, hidden=hidden)
+    check_repeats(repeats)
+    check_seed("seed", seed)
+    check_bool("progress", progress)
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(tokens, dim, generator=generator, requires_grad=True)
     pairs = [(e, k) for e in experts for k in top_ks if k <= e]
@@ -223,6 +286,8 @@ def moe_forward_breakdown(
     same expert FLOPs in one matmul chain. All are timed in interleaved rounds. The stages add
     up to about ``moe_total``; what is left is argument checks, reshapes and Python calls.
     """
+    check_sizes(tokens=tokens)
+    check_repeats(repeats)
     layers = make_layers(dim, hidden, num_experts, top_k, seed)
     moe, dense = layers["moe"], layers["dense-active"]
     x = torch.randn(tokens, dim, generator=torch.Generator().manual_seed(seed))
@@ -249,6 +314,8 @@ def moe_forward_breakdown(
 
 def stage_sum(breakdown: dict[str, float]) -> float:
     """Sum of the :data:`STAGES` of a :func:`moe_forward_breakdown` result (seconds)."""
+    if not isinstance(breakdown, dict):
+        raise TypeError(f"breakdown must be a dict stage -> seconds, got {type(breakdown).__name__}")
     missing = [name for name in STAGES if name not in breakdown]
     if missing:
         raise ValueError(f"breakdown must contain the stages {', '.join(STAGES)}; "
@@ -261,6 +328,10 @@ def matmul_throughput(
     row_counts=(16, 64, 256, 1024, 4096), dim: int = 64, hidden: int = 64, repeats: int = 7, seed: int = 0
 ) -> dict[int, float]:
     """GFLOP/s of one expert (GELU FFN) forward on ``rows`` tokens: small slices run less efficiently."""
+    check_int_tuple("row_counts", row_counts, maximum=MAX_TOKENS)
+    check_sizes(dim=dim, hidden=hidden)
+    check_repeats(repeats)
+    check_seed("seed", seed)
     torch.manual_seed(seed)
     expert = Expert(dim, hidden, dim, "gelu")
     result = {}
@@ -283,6 +354,7 @@ def flop_saving(
     counts = layer_counts(dim, hidden, num_experts, top_k)
     extra = 0
     if seq_len is not None:
+        check_positive_int("seq_len", seq_len)
         from ..counting import attention_flops_per_token
 
         extra = attention_flops_per_token(dim, seq_len)
@@ -294,6 +366,7 @@ def flop_saving(
 
 def lm_parameter_formula(config: LMConfig) -> tuple[int, int]:
     """``(total, active)`` parameters of :class:`~moe_teach.lm.model.LanguageModel` by formula (tied head)."""
+    check_instance("config", config, LMConfig)
     block = config.block
     d = block.dim
     expert = expert_parameter_count(d, block.hidden_dim, d, block.activation)
@@ -314,6 +387,7 @@ def lm_parameter_formula(config: LMConfig) -> tuple[int, int]:
 
 def counted_on_meta(config: LMConfig) -> tuple[int, int]:
     """``(total, active)`` from :mod:`moe_teach.counting` on a model built on the meta device (no memory)."""
+    check_instance("config", config, LMConfig)
     with torch.device("meta"):
         model = LanguageModel(config)
     return count_parameters(model), active_parameters(model)
@@ -323,6 +397,10 @@ def find_config(
     active_target: float = 12e6, total_target: float = 100e6, vocab_size: int = 8192, max_seq_len: int = 512
 ) -> LMConfig:
     """The LM configuration of a small grid whose total and active parameters come closest to the targets."""
+    check_positive_float("active_target", active_target)
+    check_positive_float("total_target", total_target)
+    check_positive_int("vocab_size", vocab_size)
+    check_positive_int("max_seq_len", max_seq_len)
     best, best_error = None, float("inf")
     for dim in (256, 384, 512, 768):
         for num_layers in (4, 6, 8, 12):
@@ -391,6 +469,12 @@ def slower_than_dense_total(rows: list[dict], key: str = "forward_s", min_flop_r
     Each result: ``num_experts``, ``top_k``, ``flop_ratio`` (dense-total / MoE FLOPs) and
     ``time_ratio`` (MoE time / dense-total time, above 1: the MoE was slower).
     """
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise TypeError(f"rows must be a list of dicts (the rows of sweep()), got {rows!r:.60}")
+    check_text("key", key)
+    if any(key not in r for r in rows):
+        raise ValueError(f"key must be a measurement of every row (such as 'forward_s'), got {key!r}")
+    check_positive_float("min_flop_ratio", min_flop_ratio)
     dense = {(r["num_experts"], r["top_k"]): r for r in rows if r["model"] == "dense-total"}
     found = []
     for r in (r for r in rows if r["model"] == "moe"):
@@ -411,6 +495,8 @@ def bytes_moved_per_forward(tokens: int, dim: int, hidden: int, num_experts: int
     num_experts`` we count all experts). ``gather_scatter``: the MoE copies ``tokens * top_k``
     rows of width ``dim`` into expert order and back (two copies), which a dense layer never does.
     """
+    check_sizes(tokens=tokens, dim=dim, hidden=hidden, num_experts=num_experts)
+    check_top_k(top_k, num_experts)
     experts_hit = min(num_experts, tokens * top_k)
     return {
         "moe_weights": 4 * experts_hit * expert_parameter_count(dim, hidden, dim, "gelu"),
@@ -421,6 +507,9 @@ def bytes_moved_per_forward(tokens: int, dim: int, hidden: int, num_experts: int
 
 def expert_call_overhead(dim: int = 64, hidden: int = 64, repeats: int = 200, seed: int = 0) -> float:
     """Median seconds of one expert call on a single token: almost nothing but per-call overhead."""
+    check_sizes(dim=dim, hidden=hidden)
+    check_repeats(repeats)
+    check_seed("seed", seed)
     torch.manual_seed(seed)
     expert = Expert(dim, hidden, dim, "gelu")
     one = torch.randn(1, dim)
@@ -430,5 +519,7 @@ def expert_call_overhead(dim: int = 64, hidden: int = 64, repeats: int = 200, se
 
 def square_matmul_gflops(n: int = 512, repeats: int = 5) -> float:
     """GFLOP/s of an ``n x n`` by ``n x n`` matmul (median after one warm-up), as lesson 00 measures it."""
+    check_positive_int("n", n, maximum=MAX_MATMUL_N)
+    check_repeats(repeats)
     a, b = torch.randn(n, n), torch.randn(n, n)
     return 2 * n**3 / time_callable(lambda: a @ b, repeats=repeats, warmup=1).median / 1e9

@@ -33,6 +33,8 @@ from ..lm.training import (
     LMData,
     TrainConfig,
     build_model,
+    check_model_and_data,
+    check_path,
     encode_documents,
     load_checkpoint,
     prepare_data,
@@ -42,7 +44,18 @@ from ..lm.training import (
 from ..moe_layer import MoEConfig
 from ..routing import apply_capacity, expert_capacity
 from ..transformer import BlockConfig, moe_layers
-from ..validation import check_positive_float, check_positive_int
+from ..validation import (
+    check_bool,
+    check_float_tensor,
+    check_index_tensor,
+    check_instance,
+    check_non_negative_float,
+    check_non_negative_int,
+    check_positive_float,
+    check_positive_int,
+    check_seed,
+    check_text,
+)
 from .timing import torch_threads
 
 # ----------------------------------------------------------------------------- the model
@@ -66,7 +79,7 @@ def default_train_config() -> TrainConfig:
 def cache_folder(cache_dir=None) -> Path:
     """``cache_dir``, else ``$MOE_TEACH_CACHE``, else ``~/.cache/moe-teach``."""
     if cache_dir is not None:
-        return Path(cache_dir)
+        return check_path("cache_dir", cache_dir)
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "moe-teach")
 
 
@@ -86,6 +99,7 @@ def default_model(cache_dir=None, progress: bool = True) -> tuple[LanguageModel,
     seeded, so every machine trains the same model) and written to the cache.
     """
     path = default_checkpoint_path(cache_dir)
+    check_bool("progress", progress)
     key = str(path.resolve())
     if key in _MEMORY:
         return _MEMORY[key]
@@ -121,8 +135,12 @@ def ensure_default_checkpoint(cache_dir=None, progress: bool = True) -> Path:
 def load_model(checkpoint=None, cache_dir=None, progress: bool = True) -> tuple[LanguageModel, WordTokenizer]:
     """``(model, tokenizer)`` from ``checkpoint`` (any file the package's ``save_checkpoint`` wrote),
     else the default model. A model without MoE layers gives a ValueError."""
+    check_bool("progress", progress)
+    if cache_dir is not None:
+        check_path("cache_dir", cache_dir)
     if checkpoint is None:
         return default_model(cache_dir, progress)
+    check_path("checkpoint", checkpoint)
     model, tokenizer = load_checkpoint(checkpoint)
     if not moe_layers(model):
         raise ValueError(f"checkpoint {checkpoint} holds a dense model: it has no MoE layers to show")
@@ -131,11 +149,13 @@ def load_model(checkpoint=None, cache_dir=None, progress: bool = True) -> tuple[
 
 def validation_corpus(seed: int = DEFAULT_SEED) -> Corpus:
     """The generated corpus (its validation documents feed the dashboard's many-token views)."""
+    check_seed("seed", seed)
     return make_corpus(DEFAULT_DOCUMENTS_PER_DOMAIN, seed=seed)
 
 
 def domain_examples(corpus: Corpus) -> dict[str, str]:
     """One validation document per domain, ``{domain: text}``."""
+    check_instance("corpus", corpus, Corpus)
     return {domain: next(d.text for d in corpus.validation if d.domain == domain) for domain in DOMAINS}
 
 
@@ -159,6 +179,15 @@ class TextRouting:
     experts: torch.Tensor
     weights: torch.Tensor
     cut: int = 0
+
+    def __post_init__(self):
+        check_words("words", self.words)
+        if not isinstance(self.unknown, list) or not all(isinstance(u, bool) for u in self.unknown):
+            raise TypeError(f"unknown must be a list of bool (one per word), got {self.unknown!r:.60}")
+        check_float_tensor("probs", self.probs, min_dims=3)
+        check_index_tensor("experts", self.experts, dims=3)
+        check_float_tensor("weights", self.weights, min_dims=3)
+        check_non_negative_int("cut", self.cut)
 
     @property
     def num_layers(self) -> int:
@@ -194,6 +223,9 @@ def route_text(model: LanguageModel, tokenizer: WordTokenizer, text: str) -> Tex
 
     Words beyond the context (``max_seq_len - 1`` words after ``<bos>``) are cut; ``cut`` counts them.
     """
+    check_instance("model", model, LanguageModel)
+    check_instance("tokenizer", tokenizer, WordTokenizer)
+    check_text("text", text)
     layers = moe_layers(model)
     if not layers:
         raise ValueError("the model has no MoE layers, so there is no routing to show")
@@ -239,6 +271,13 @@ class RoutingTable:
     experts: torch.Tensor
     vocab: list[str] = field(default_factory=list)
 
+    def __post_init__(self):
+        check_index_tensor("token_ids", self.token_ids, dims=1)
+        check_index_tensor("domains", self.domains, num_rows=self.token_ids.shape[0], dims=1)
+        check_float_tensor("probs", self.probs, min_dims=3)
+        check_index_tensor("experts", self.experts, dims=3)
+        check_words("vocab", self.vocab)
+
     @property
     def num_layers(self) -> int:
         return self.probs.shape[0]
@@ -262,6 +301,8 @@ class RoutingTable:
 @torch.no_grad()
 def collect_routing(model: LanguageModel, data: LMData, batch_size: int = 64) -> RoutingTable:
     """Run ``data`` through ``model`` (eval mode) and gather every MoE layer's record for real tokens."""
+    check_model_and_data(model, data)
+    check_positive_int("batch_size", batch_size)
     layers = moe_layers(model)
     if not layers:
         raise ValueError("the model has no MoE layers, so there is no routing to collect")
@@ -287,6 +328,8 @@ def collect_routing(model: LanguageModel, data: LMData, batch_size: int = 64) ->
 
 def routing_table(model: LanguageModel, tokenizer: WordTokenizer, corpus: Corpus) -> RoutingTable:
     """:func:`collect_routing` over ``corpus.validation`` encoded with ``tokenizer``."""
+    check_instance("model", model, LanguageModel)
+    check_instance("corpus", corpus, Corpus)
     data = encode_documents(corpus.validation, tokenizer, model.config.max_seq_len)
     table = collect_routing(model, data)
     table.vocab = list(tokenizer.vocab)
@@ -295,6 +338,7 @@ def routing_table(model: LanguageModel, tokenizer: WordTokenizer, corpus: Corpus
 
 def domain_expert_shares(table: RoutingTable) -> torch.Tensor:
     """``[L, D, E]`` share of each domain's assignments (all k slots) per expert; rows sum to 1."""
+    check_instance("table", table, RoutingTable)
     counts = torch.zeros(table.num_layers, len(DOMAINS), table.num_experts)
     domain = table.domains.unsqueeze(1).expand(-1, table.top_k).reshape(-1)
     for layer in range(table.num_layers):
@@ -305,23 +349,34 @@ def domain_expert_shares(table: RoutingTable) -> torch.Tensor:
 
 def routing_entropy(probs: torch.Tensor) -> torch.Tensor:
     """``[..., E] -> [...]`` entropy of the router distribution in nats (0: certain, ln E: uniform)."""
+    check_float_tensor("probs", probs)
     return -torch.special.xlogy(probs, probs).sum(dim=-1)
 
 
 def routing_margin(probs: torch.Tensor) -> torch.Tensor:
     """``[..., E] -> [...]`` probability of the best expert minus the second best (small: unsure)."""
+    check_float_tensor("probs", probs)
+    if probs.shape[-1] < 2:
+        raise ValueError(f"probs must have at least 2 experts in its last dimension, got shape {tuple(probs.shape)}")
     top2 = probs.topk(2, dim=-1).values
     return top2[..., 0] - top2[..., 1]
 
 
 def cooccurrence(first_a: torch.Tensor, first_b: torch.Tensor, num_experts: int) -> torch.Tensor:
     """``[E, E]`` counts: entry ``[i, j]`` = tokens whose expert is ``i`` in ``first_a`` and ``j`` in ``first_b``."""
+    check_index_tensor("first_a", first_a, dims=1)
+    check_index_tensor("first_b", first_b, num_rows=first_a.shape[0], dims=1)
+    check_positive_int("num_experts", num_experts)
+    for name, tensor in (("first_a", first_a), ("first_b", first_b)):
+        if tensor.numel() and not 0 <= int(tensor.min()) <= int(tensor.max()) < num_experts:
+            raise ValueError(f"{name} must hold expert ids in 0..{num_experts - 1}")
     flat = first_a.long() * num_experts + first_b.long()
     return torch.bincount(flat, minlength=num_experts * num_experts).reshape(num_experts, num_experts)
 
 
 def mutual_information(counts: torch.Tensor) -> float:
     """Mutual information in bits of the joint distribution given by a ``[E, E]`` count matrix."""
+    check_counts("counts", counts, dims=2)
     joint = counts.double() / counts.sum().clamp_min(1)
     outer = joint.sum(dim=1, keepdim=True) * joint.sum(dim=0, keepdim=True)
     ratio = torch.where(joint > 0, joint / outer.clamp_min(1e-300), torch.ones_like(joint))
@@ -330,6 +385,7 @@ def mutual_information(counts: torch.Tensor) -> float:
 
 def entropy_bits(counts: torch.Tensor) -> float:
     """Entropy in bits of the distribution of ``[E]`` counts."""
+    check_counts("counts", counts, dims=1)
     p = counts.double() / counts.sum().clamp_min(1)
     return float(-torch.special.xlogy(p, p).sum() / math.log(2))
 
@@ -339,6 +395,10 @@ def top_tokens(words: list[str], experts: list[int], expert: int, n: int = 8) ->
 
     Sorted by count (largest first), ties by the word.
     """
+    check_words("words", words)
+    check_expert_list("experts", experts, len(words))
+    check_non_negative_int("expert", expert)
+    check_positive_int("n", n)
     counts = Counter(w for w, e in zip(words, experts) if e == expert)
     return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:n]
 
@@ -353,9 +413,22 @@ class ExpertCard:
     top_words: list[tuple[str, int]]
     domain_shares: dict[str, float]
 
+    def __post_init__(self):
+        check_non_negative_int("layer", self.layer)
+        check_non_negative_int("expert", self.expert)
+        check_non_negative_float("traffic", self.traffic, maximum=1.0)
+        if not isinstance(self.top_words, list):
+            raise TypeError(f"top_words must be a list of (word, count) pairs, got {type(self.top_words).__name__}")
+        if not isinstance(self.domain_shares, dict):
+            raise TypeError(f"domain_shares must be a dict {{domain: share}}, got {type(self.domain_shares).__name__}")
+
 
 def expert_card(table: RoutingTable, layer: int, expert: int, n: int = 8) -> ExpertCard:
     """The :class:`ExpertCard` of ``expert`` at ``layer`` (first choices of real tokens, ``<bos>`` left out)."""
+    check_instance("table", table, RoutingTable)
+    check_non_negative_int("layer", layer, maximum=table.num_layers - 1)
+    check_non_negative_int("expert", expert, maximum=table.num_experts - 1)
+    check_positive_int("n", n)
     first = table.first_choice(layer)
     words = table.words()
     is_word = torch.tensor([w != "<bos>" for w in words])
@@ -372,6 +445,7 @@ def expert_card(table: RoutingTable, layer: int, expert: int, n: int = 8) -> Exp
 
 def is_function_word(word: str) -> bool:
     """Words every prose domain uses (``the``, ``of``, ``.`` ...); the others are content words."""
+    check_text("word", word)
     return word in SHARED_WORDS
 
 
@@ -380,10 +454,39 @@ def word_consistency(words: list[str], experts: list[int], min_count: int = 5) -
 
     1.0: the word always goes to the same expert, whatever its context.
     """
+    check_words("words", words)
+    check_expert_list("experts", experts, len(words))
+    check_positive_int("min_count", min_count)
     per_word: dict[str, Counter] = {}
     for w, e in zip(words, experts):
         per_word.setdefault(w, Counter())[e] += 1
     return {w: max(c.values()) / sum(c.values()) for w, c in per_word.items() if sum(c.values()) >= min_count}
+
+
+def check_words(name: str, words) -> list[str]:
+    """``words`` must be a list of str."""
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        raise TypeError(f"{name} must be a list of str, got {words!r:.60}")
+    return words
+
+
+def check_expert_list(name: str, experts, length: int) -> list[int]:
+    """``experts`` must be a list of ``length`` expert ids (ints >= 0)."""
+    if not isinstance(experts, list) or not all(isinstance(e, int) and not isinstance(e, bool) and e >= 0
+                                                for e in experts):
+        raise TypeError(f"{name} must be a list of int expert ids (>= 0), got {experts!r:.60}")
+    if len(experts) != length:
+        raise ValueError(f"{name} must have one entry per word ({length}), got {len(experts)}")
+    return experts
+
+
+def check_counts(name: str, counts, dims: int) -> torch.Tensor:
+    """``counts`` must be a ``dims``-D tensor of counts (>= 0)."""
+    if not isinstance(counts, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of counts, got {type(counts).__name__}")
+    if counts.dim() != dims or (counts.numel() and bool((counts < 0).any())):
+        raise ValueError(f"{name} must be a {dims}-D tensor of counts >= 0, got shape {tuple(counts.shape)}")
+    return counts
 
 
 def check_capacity_factor(value) -> float | None:

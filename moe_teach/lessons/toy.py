@@ -26,8 +26,22 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..validation import check_float_tensor, check_positive_float, check_positive_int
+from ..validation import (
+    check_bool,
+    check_float_tensor,
+    check_index_tensor,
+    check_instance,
+    check_module,
+    check_positive_float,
+    check_positive_int,
+    check_seed,
+    check_text,
+)
 from .timing import torch_threads
+
+MAX_POINTS = 10_000_000      # a toy sample; 10**9 points would not fit in memory
+MAX_RESOLUTION = 2_000
+MAX_STEPS = 100_000
 
 
 def _ramp(x: torch.Tensor) -> torch.Tensor:
@@ -66,6 +80,13 @@ class ToyData:
     y: torch.Tensor
     region: torch.Tensor
 
+    def __post_init__(self):
+        check_float_tensor("x", self.x, last_dim=2)
+        check_float_tensor("y", self.y, last_dim=1)
+        check_index_tensor("region", self.region, num_rows=self.x.shape[0], dims=1)
+        if self.y.shape[0] != self.x.shape[0]:
+            raise ValueError(f"y must have {self.x.shape[0]} rows (one per point of x), got {self.y.shape[0]}")
+
     def __len__(self) -> int:
         return self.x.shape[0]
 
@@ -96,7 +117,8 @@ def make_toy_data(num_points: int = 2048, seed: int = 0) -> ToyData:
 
     Uses its own ``torch.Generator``, so it neither reads nor changes the global seed.
     """
-    check_positive_int("num_points", num_points)
+    check_positive_int("num_points", num_points, maximum=MAX_POINTS)
+    check_seed("seed", seed)
     generator = torch.Generator().manual_seed(seed)
     x = torch.rand(num_points, 2, generator=generator) * 2 - 1
     return ToyData(x=x, y=toy_target(x), region=region_of(x))
@@ -108,7 +130,7 @@ def input_grid(resolution: int = 101) -> tuple[torch.Tensor, torch.Tensor, torch
     Returns ``(x1 [R, R], x2 [R, R], points [R*R, 2])``; ``points`` row ``i * R + j`` is
     ``(x1[i, j], x2[i, j])``.
     """
-    check_positive_int("resolution", resolution)
+    check_positive_int("resolution", resolution, maximum=MAX_RESOLUTION)
     axis = torch.linspace(-1, 1, resolution)
     x2, x1 = torch.meshgrid(axis, axis, indexing="ij")   # rows go along x2 (image convention)
     return x1, x2, torch.stack([x1.reshape(-1), x2.reshape(-1)], dim=1)
@@ -123,8 +145,12 @@ def train_regression(model: nn.Module, data: ToyData, steps: int = 300, lr: floa
     models are so small that synchronising threads costs more than the arithmetic, and on a
     busy machine several threads can be many times slower than one.
     """
-    check_positive_int("steps", steps)
+    check_module("model", model)
+    check_instance("data", data, ToyData)
+    check_positive_int("steps", steps, maximum=MAX_STEPS)
     check_positive_float("lr", lr)
+    check_bool("progress", progress)
+    check_text("desc", desc)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     losses = []
@@ -142,5 +168,7 @@ def train_regression(model: nn.Module, data: ToyData, steps: int = 300, lr: floa
 @torch.no_grad()
 def mse_by_region(model: nn.Module, data: ToyData) -> torch.Tensor:
     """``[NUM_REGIONS]`` mean squared error of ``model`` on the points of each region."""
+    check_module("model", model)
+    check_instance("data", data, ToyData)
     squared_error = (model(data.x) - data.y).squeeze(1) ** 2
     return torch.stack([squared_error[data.region == r].mean() for r in range(NUM_REGIONS)])

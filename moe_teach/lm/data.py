@@ -18,11 +18,20 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from ..validation import check_positive_int
+from ..validation import (
+    check_choice,
+    check_instance,
+    check_positive_float,
+    check_positive_int,
+    check_seed,
+    check_text,
+)
 from .tokenizer import split_words
 
 DOMAINS = ("finance", "legal", "code", "general")
 
+MAX_DOCUMENTS_PER_DOMAIN = 100_000   # 400,000 documents take seconds; 10**9 would run for hours
+MAX_SENTENCES = 1_000
 SHARED_WORDS = ("the", "of", "a", "to", "and", "in", "is", "for", "with", "on", "this", "that", ".", ",")
 
 WORDS = {
@@ -110,6 +119,10 @@ class Document:
     text: str
     domain: str
 
+    def __post_init__(self):
+        check_text("text", self.text)
+        check_choice("domain", self.domain, DOMAINS)
+
 
 @dataclass
 class Corpus:
@@ -118,12 +131,18 @@ class Corpus:
     train: list[Document]
     validation: list[Document]
 
+    def __post_init__(self):
+        check_documents("train", self.train)
+        check_documents("validation", self.validation)
+
     def domains(self) -> tuple[str, ...]:
         return DOMAINS
 
 
 def make_sentence(domain: str, rng: random.Random) -> str:
     """One sentence of ``domain``: a random template with each slot filled independently."""
+    check_choice("domain", domain, DOMAINS)
+    check_instance("rng", rng, random.Random)
     template = rng.choice(TEMPLATES[domain])
     words = WORDS[domain]
     pieces = []
@@ -138,6 +157,12 @@ def make_document(
     domain: str, rng: random.Random, min_sentences: int = 2, max_sentences: int = 3
 ) -> Document:
     """A document of ``min_sentences`` to ``max_sentences`` sentences from one domain."""
+    check_choice("domain", domain, DOMAINS)
+    check_instance("rng", rng, random.Random)
+    check_positive_int("min_sentences", min_sentences, maximum=MAX_SENTENCES)
+    check_positive_int("max_sentences", max_sentences, maximum=MAX_SENTENCES)
+    if max_sentences < min_sentences:
+        raise ValueError(f"max_sentences must be >= min_sentences={min_sentences}, got {max_sentences}")
     count = rng.randint(min_sentences, max_sentences)
     return Document(" ".join(make_sentence(domain, rng) for _ in range(count)), domain)
 
@@ -147,7 +172,9 @@ def make_corpus(documents_per_domain: int = 300, validation_fraction: float = 0.
 
     The split is made per domain, so both parts are balanced; documents are then shuffled.
     """
-    check_positive_int("documents_per_domain", documents_per_domain)
+    check_positive_int("documents_per_domain", documents_per_domain, maximum=MAX_DOCUMENTS_PER_DOMAIN)
+    check_positive_float("validation_fraction", validation_fraction)
+    check_seed("seed", seed)
     if not 0 < validation_fraction < 1:
         raise ValueError(
             f"validation_fraction must be between 0 and 1 (exclusive), got {validation_fraction}"
@@ -168,6 +195,7 @@ def make_corpus(documents_per_domain: int = 300, validation_fraction: float = 0.
 
 def domain_counts(documents: list[Document]) -> dict[str, int]:
     """How many documents of each domain (every domain listed, zero if absent)."""
+    check_documents("documents", documents)
     counts = dict.fromkeys(DOMAINS, 0)
     for doc in documents:
         counts[doc.domain] += 1
@@ -176,6 +204,7 @@ def domain_counts(documents: list[Document]) -> dict[str, int]:
 
 def domain_vocabularies(documents: list[Document]) -> dict[str, set[str]]:
     """The set of words each domain's documents use."""
+    check_documents("documents", documents)
 
     words = {domain: set() for domain in DOMAINS}
     for doc in documents:
@@ -190,3 +219,13 @@ def shared_words(documents: list[Document]) -> dict[str, set[str]]:
         domain: words[domain] & set().union(*(words[d] for d in DOMAINS if d != domain))
         for domain in DOMAINS
     }
+
+
+def check_documents(name: str, documents) -> list[Document]:
+    """``documents`` must be a list of :class:`Document` of known domains."""
+    if not isinstance(documents, (list, tuple)):
+        raise TypeError(f"{name} must be a list of Document, got {type(documents).__name__}")
+    for doc in documents:
+        check_instance(f"{name} entry", doc, Document)
+        check_choice(f"{name} entry's domain", doc.domain, DOMAINS)
+    return documents

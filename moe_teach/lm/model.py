@@ -22,8 +22,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..transformer import BlockConfig, TransformerBlock, dense_twin
-from ..validation import check_keys, check_non_negative_float, check_positive_int
+from ..validation import (
+    check_bool,
+    check_float_tensor,
+    check_index_tensor,
+    check_instance,
+    check_keys,
+    check_non_negative_float,
+    check_non_negative_int,
+    check_parameter_budget,
+    check_positive_int,
+    check_seed,
+    check_text,
+)
 from .tokenizer import WordTokenizer
+
+MAX_LAYERS = 256            # deeper than any course model; 10**9 layers would exhaust memory
+MAX_SEQ_LEN = 65_536
+MAX_NEW_WORDS = 10_000      # generation runs one forward per word
 
 
 @dataclass
@@ -41,10 +57,14 @@ class LMConfig:
 
     def __post_init__(self):
         check_positive_int("vocab_size", self.vocab_size)
-        check_positive_int("max_seq_len", self.max_seq_len)
-        check_positive_int("num_layers", self.num_layers)
+        check_positive_int("max_seq_len", self.max_seq_len, maximum=MAX_SEQ_LEN)
+        check_positive_int("num_layers", self.num_layers, maximum=MAX_LAYERS)
         if not isinstance(self.block, BlockConfig):
             raise TypeError(f"block must be a BlockConfig, got {type(self.block).__name__}")
+        check_bool("tie_weights", self.tie_weights)
+        dim = self.block.dim
+        check_parameter_budget("LMConfig (the embeddings: vocab_size and max_seq_len)",
+                               (self.vocab_size + self.max_seq_len) * dim)
 
     def dense_twin(self, match: str = "active") -> LMConfig:
         """The dense baseline with the same active (``"active"``) or total (``"total"``) parameters."""
@@ -65,8 +85,7 @@ class LanguageModel(nn.Module):
 
     def __init__(self, config: LMConfig):
         super().__init__()
-        if not isinstance(config, LMConfig):
-            raise TypeError(f"config must be an LMConfig, got {type(config).__name__}")
+        check_instance("config", config, LMConfig)
         self.config = config
         self.token_embedding = nn.Embedding(config.vocab_size, config.block.dim)
         self.position_embedding = nn.Embedding(config.max_seq_len, config.block.dim)
@@ -133,6 +152,10 @@ def encode_prompt(
     The note names any word that became ``<unk>`` and, when ``<bos>`` + prompt is longer
     than ``max_seq_len``, says that the model only sees the last ``max_seq_len`` tokens.
     """
+    check_instance("tokenizer", tokenizer, WordTokenizer)
+    check_text("prompt", prompt)
+    if max_seq_len is not None:
+        check_positive_int("max_seq_len", max_seq_len)
     ids = tokenizer.encode(prompt, add_bos=True)
     notes = []
     unknown = tokenizer.unknown_words(prompt)
@@ -154,6 +177,7 @@ def next_word_probabilities(
     model: LanguageModel, tokenizer: WordTokenizer, prompt: str, top_n: int = 5
 ) -> tuple[list[tuple[str, float]], str]:
     """The ``top_n`` most likely next words after ``prompt`` with their probabilities, and the unk note."""
+    check_instance("model", model, LanguageModel)
     check_positive_int("top_n", top_n)
     ids, note = encode_prompt(tokenizer, prompt, model.config.max_seq_len)
     probs = torch.softmax(_next_token_logits(model, ids), dim=-1)
@@ -184,8 +208,10 @@ def generate(
     plus the new words).
     The model is put in eval mode (no router noise) and restored afterwards.
     """
-    check_positive_int("max_new_words", max_new_words)
+    check_instance("model", model, LanguageModel)
+    check_positive_int("max_new_words", max_new_words, maximum=MAX_NEW_WORDS)
     temperature = check_non_negative_float("temperature", temperature)
+    check_seed("seed", seed)
     ids, note = encode_prompt(tokenizer, prompt, model.config.max_seq_len)
     generator = torch.Generator().manual_seed(seed)
     was_training = model.training
@@ -208,6 +234,14 @@ def generate(
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
     """Mean next-token cross-entropy over non-padding targets; ``logits [B, S, V]``, ``targets [B, S]``."""
+    check_float_tensor("logits", logits, min_dims=3)
+    if logits.dim() != 3:
+        raise ValueError(f"logits must have shape [batch, seq_len, vocab], got {tuple(logits.shape)}")
+    check_index_tensor("targets", targets, num_rows=logits.shape[0], dims=2)
+    if targets.shape != logits.shape[:2]:
+        raise ValueError(f"targets must have shape {tuple(logits.shape[:2])} (logits without the vocab "
+                         f"dimension), got {tuple(targets.shape)}")
+    check_non_negative_int("pad_id", pad_id)
     return F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=pad_id
     )

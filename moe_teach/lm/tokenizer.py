@@ -17,6 +17,10 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import torch
+
+from ..validation import check_bool, check_positive_int
+
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIAL_TOKENS = (PAD, UNK, BOS, EOS)
 
@@ -38,7 +42,11 @@ class WordTokenizer:
     """
 
     def __init__(self, vocab: list[str]):
+        if isinstance(vocab, str) or not isinstance(vocab, (list, tuple)):
+            raise TypeError(f"vocab must be a list of str tokens, got {type(vocab).__name__}")
         vocab = list(vocab)
+        if not all(isinstance(token, str) for token in vocab):
+            raise TypeError("vocab must be a list of str tokens, got a non-str entry")
         if tuple(vocab[:4]) != SPECIAL_TOKENS:
             raise ValueError(
                 f"vocab must start with the special tokens {list(SPECIAL_TOKENS)}, got {vocab[:4]}"
@@ -50,7 +58,17 @@ class WordTokenizer:
 
     @classmethod
     def from_texts(cls, texts, min_count: int = 1) -> WordTokenizer:
-        """Vocabulary of every word seen at least ``min_count`` times, most frequent first."""
+        """Vocabulary of every word seen at least ``min_count`` times, most frequent first.
+
+        ``texts`` is a list (or any iterable) of str, not one str: ``from_texts(["a b", "c"])``.
+        """
+        if isinstance(texts, str) or not hasattr(texts, "__iter__"):
+            raise TypeError(f"texts must be a list (or iterable) of str, not a single {type(texts).__name__}; "
+                            "wrap one text in a list: from_texts([text])")
+        check_positive_int("min_count", min_count)
+        texts = list(texts)
+        if not all(isinstance(text, str) for text in texts):
+            raise TypeError("texts must hold only str, got a non-str entry")
         counts = Counter(word for text in texts for word in split_words(text))
         words = sorted(
             (w for w, c in counts.items() if c >= min_count and w not in SPECIAL_TOKENS),
@@ -79,6 +97,8 @@ class WordTokenizer:
 
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         """Word ids of ``text``; unknown words become ``<unk>``."""
+        check_bool("add_bos", add_bos)
+        check_bool("add_eos", add_eos)
         ids = [self.ids.get(word, self.unk_id) for word in split_words(text)]
         return ([self.bos_id] if add_bos else []) + ids + ([self.eos_id] if add_eos else [])
 
@@ -88,10 +108,11 @@ class WordTokenizer:
 
     def decode(self, ids, skip_special: bool = True) -> str:
         """Words of ``ids`` (ints or a 1-D tensor) joined by spaces; ``<pad>``/``<bos>``/``<eos>`` skipped."""
+        check_bool("skip_special", skip_special)
         words = []
-        for i in [int(i) for i in ids]:
+        for i in _token_ids(ids):
             if not 0 <= i < len(self.vocab):
-                raise ValueError(f"token id {i} is out of range 0..{len(self.vocab) - 1}")
+                raise ValueError(f"ids: token id {i} is out of range 0..{len(self.vocab) - 1}")
             if skip_special and i in (self.pad_id, self.bos_id, self.eos_id):
                 continue
             words.append(self.vocab[i])
@@ -129,3 +150,19 @@ class WordTokenizer:
 
     def __repr__(self) -> str:
         return f"WordTokenizer({len(self.vocab)} tokens)"
+
+
+def _token_ids(ids) -> list[int]:
+    """``ids`` as a list of ints: a list/tuple of ints or a 1-D integer tensor (not a str)."""
+    if isinstance(ids, torch.Tensor):
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool or ids.dim() > 1:
+            raise TypeError(f"ids must be a 1-D integer tensor or a list of ints, got a {ids.dtype} tensor "
+                            f"of shape {tuple(ids.shape)}")
+        return ids.tolist() if ids.dim() == 1 else [int(ids)]
+    if not isinstance(ids, (list, tuple)):
+        raise TypeError(f"ids must be a list of int token ids or a 1-D integer tensor, got {type(ids).__name__}")
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise TypeError("ids must hold only int token ids, got "
+                        + ", ".join(sorted({type(i).__name__ for i in ids if not isinstance(i, int) or
+                                            isinstance(i, bool)})))
+    return list(ids)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,17 +27,26 @@ from tqdm.auto import tqdm
 from ..moe_layer import MoEConfig
 from ..transformer import BlockConfig, collect_aux_losses, moe_layers
 from ..validation import (
+    check_bool,
     check_choice,
+    check_float_tensor,
+    check_index_tensor,
+    check_instance,
+    check_mask,
     check_non_negative_float,
     check_non_negative_int,
     check_positive_float,
     check_positive_int,
+    check_seed,
+    check_text,
 )
-from .data import DOMAINS, Document, make_corpus
-from .model import LanguageModel, LMConfig, lm_loss
+from .data import DOMAINS, MAX_DOCUMENTS_PER_DOMAIN, Corpus, Document, check_documents, make_corpus
+from .model import MAX_LAYERS, LanguageModel, LMConfig, lm_loss
 from .tokenizer import WordTokenizer
 
 MODEL_KINDS = ("moe", "dense-active", "dense-total")
+MAX_BATCH_SIZE = 4_096             # documents per step; 100,000 would need tens of GiB of logits
+MAX_SCHEDULED_ROWS = 100_000_000   # steps * batch_size: the batch schedule is one int64 tensor of this size
 
 
 # ----------------------------------------------------------------------------- data
@@ -49,6 +59,17 @@ class LMData:
     domains: torch.Tensor
     pad_id: int = 0
     answer_mask: torch.Tensor | None = None  # [N, S] True where the target is an answer word (knowledge corpus)
+
+    def __post_init__(self):
+        check_index_tensor("inputs", self.inputs, dims=2)
+        check_index_tensor("targets", self.targets, dims=2)
+        if self.targets.shape != self.inputs.shape:
+            raise ValueError(f"targets must have the shape of inputs {tuple(self.inputs.shape)}, "
+                             f"got {tuple(self.targets.shape)}")
+        check_index_tensor("domains", self.domains, num_rows=self.inputs.shape[0], dims=1)
+        check_non_negative_int("pad_id", self.pad_id)
+        if self.answer_mask is not None:
+            check_mask("answer_mask", self.answer_mask, self.inputs.shape)
 
     def __len__(self) -> int:
         return self.inputs.shape[0]
@@ -69,9 +90,13 @@ def encode_documents(
     ``answer_words`` (a set of words, e.g. the knowledge corpus's values) gives
     ``answer_mask``: True where the *target* is one of them.
     """
+    check_documents("documents", documents)
+    check_instance("tokenizer", tokenizer, WordTokenizer)
     check_positive_int("max_seq_len", max_seq_len)
     if not documents:
         raise ValueError("documents must be a non-empty list of Document")
+    if answer_words is not None and (isinstance(answer_words, str) or not hasattr(answer_words, "__iter__")):
+        raise TypeError(f"answer_words must be a set of words, got {type(answer_words).__name__}")
     rows = [tokenizer.encode(doc.text, add_bos=True, add_eos=True)[: max_seq_len + 1] for doc in documents]
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), tokenizer.pad_id, dtype=torch.long)
@@ -89,14 +114,21 @@ def encode_documents(
 class Prepared:
     """Everything a run needs besides the model: corpus, tokenizer and the two tensor sets."""
 
-    corpus: object
+    corpus: Corpus          # a KnowledgeCorpus (a Corpus subclass) for lesson 07's knowledge corpus
     tokenizer: WordTokenizer
     train: LMData
     validation: LMData
 
+    def __post_init__(self):
+        check_instance("corpus", self.corpus, Corpus)
+        check_instance("tokenizer", self.tokenizer, WordTokenizer)
+        check_instance("train", self.train, LMData)
+        check_instance("validation", self.validation, LMData)
+
 
 def prepare_data(documents_per_domain: int = 300, seed: int = 0, max_seq_len: int = 48) -> Prepared:
     """Generate the corpus, build the tokenizer from the training text, encode both splits."""
+    check_positive_int("max_seq_len", max_seq_len)
     corpus = make_corpus(documents_per_domain, seed=seed)
     tokenizer = WordTokenizer.from_texts(doc.text for doc in corpus.train)
     return Prepared(
@@ -110,11 +142,14 @@ def prepare_data(documents_per_domain: int = 300, seed: int = 0, max_seq_len: in
 def model_config(kind: str, base: LMConfig) -> LMConfig:
     """``"moe"`` -> ``base``; ``"dense-active"``/``"dense-total"`` -> its dense twin."""
     check_choice("kind", kind, MODEL_KINDS)
+    check_instance("base", base, LMConfig)
     return base if kind == "moe" else base.dense_twin(kind.split("-")[1])
 
 
 def build_model(config: LMConfig, seed: int = 0) -> LanguageModel:
     """A freshly initialised model; the seed makes the initial weights reproducible."""
+    check_instance("config", config, LMConfig)
+    check_seed("seed", seed)
     torch.manual_seed(seed)
     return LanguageModel(config)
 
@@ -137,19 +172,31 @@ class TrainConfig:
 
     def __post_init__(self):
         check_positive_int("steps", self.steps)
-        check_positive_int("batch_size", self.batch_size)
+        check_positive_int("batch_size", self.batch_size, maximum=MAX_BATCH_SIZE)
+        check_scheduled_rows(self.steps, self.batch_size)
         check_positive_float("lr", self.lr)
         check_non_negative_int("warmup_steps", self.warmup_steps)
+        check_non_negative_float("min_lr_ratio", self.min_lr_ratio)
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be between 0 and 1, got {self.min_lr_ratio}")
         check_non_negative_float("weight_decay", self.weight_decay)
         check_positive_float("grad_clip", self.grad_clip)
         check_non_negative_float("switch_coef", self.switch_coef)
         check_non_negative_float("z_coef", self.z_coef)
+        check_seed("seed", self.seed)
+
+
+def check_scheduled_rows(steps: int, batch_size: int) -> None:
+    """Refuse a schedule of more than :data:`MAX_SCHEDULED_ROWS` rows before allocating it."""
+    if steps * batch_size > MAX_SCHEDULED_ROWS:
+        raise ValueError(f"steps * batch_size = {steps * batch_size:,} rows is more than {MAX_SCHEDULED_ROWS:,}; "
+                         "choose fewer steps or a smaller batch_size")
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
     """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr_ratio * lr``."""
+    check_non_negative_int("step", step)
+    check_instance("config", config, TrainConfig)
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
     progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
@@ -161,7 +208,9 @@ def batch_schedule(num_rows: int, steps: int, batch_size: int, seed: int) -> tor
     """``[steps, batch_size]`` row ids: shuffled epochs from a seeded generator (same for every model)."""
     check_positive_int("num_rows", num_rows)
     check_positive_int("steps", steps)
-    check_positive_int("batch_size", batch_size)
+    check_positive_int("batch_size", batch_size, maximum=MAX_BATCH_SIZE)
+    check_seed("seed", seed)
+    check_scheduled_rows(steps, batch_size)
     generator = torch.Generator().manual_seed(seed)
     epochs = math.ceil(steps * batch_size / num_rows)
     order = torch.cat([torch.randperm(num_rows, generator=generator) for _ in range(epochs)])
@@ -179,9 +228,16 @@ class History:
     grad_norm: list[float] = field(default_factory=list)
     expert_load: list[torch.Tensor] = field(default_factory=list)
 
+    def __post_init__(self):
+        for name in ("loss", "switch", "z", "lr", "grad_norm", "expert_load"):
+            if not isinstance(getattr(self, name), list):
+                raise TypeError(f"{name} must be a list, got {type(getattr(self, name)).__name__}")
+
 
 def make_optimizer(model: LanguageModel, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW over every parameter with ``config``'s weight decay (the learning rate is set each step)."""
+    check_instance("model", model, torch.nn.Module)
+    check_instance("config", config, TrainConfig)
     return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
@@ -204,9 +260,16 @@ def train_model(
     give exactly the weights of one uninterrupted call. Without one, a fresh AdamW starts.
     ``callback(step, model)``, if given, runs after each optimizer step (e.g. to read routing).
     """
+    check_model_and_data(model, data)
     config = TrainConfig() if config is None else config
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    check_bool("progress", progress)
+    check_text("desc", desc)
+    if optimizer is not None:
+        check_instance("optimizer", optimizer, torch.optim.Optimizer)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be a function callback(step, model), got {type(callback).__name__}")
     stop_step = config.steps if stop_step is None else stop_step
     check_non_negative_int("start_step", start_step)
     check_positive_int("stop_step", stop_step)
@@ -243,6 +306,17 @@ def train_model(
     return history
 
 
+def check_model_and_data(model, data) -> None:
+    """``model`` must be a :class:`LanguageModel` and ``data`` an :class:`LMData` whose ids it can embed."""
+    check_instance("model", model, LanguageModel)
+    check_instance("data", data, LMData)
+    if len(data) == 0:
+        raise ValueError("data holds no rows")
+    if data.inputs.shape[1] > model.config.max_seq_len:
+        raise ValueError(f"data has sequences of {data.inputs.shape[1]} tokens, longer than the model's "
+                         f"max_seq_len={model.config.max_seq_len}")
+
+
 def _record(history: History, task, aux, lr, grad_norm, model) -> None:
     history.loss.append(task.item())
     history.switch.append(aux["switch"].item() if aux else float("nan"))
@@ -259,9 +333,21 @@ def _record(history: History, task, aux, lr, grad_norm, model) -> None:
 @torch.no_grad()
 def evaluate(model: LanguageModel, data: LMData, batch_size: int = 64) -> dict[str, float]:
     """Validation perplexity ``exp(mean next-token loss)`` per domain and over ``"all"`` (eval mode)."""
+    check_model_and_data(model, data)
     check_positive_int("batch_size", batch_size)
     was_training = model.training
     model.eval()
+    try:
+        nll, count = _domain_nll(model, data, batch_size)
+    finally:
+        model.train(was_training)
+    result = {name: math.exp(nll[i] / count[i]) for i, name in enumerate(DOMAINS) if count[i] > 0}
+    result["all"] = math.exp(nll.sum() / count.sum())
+    return result
+
+
+def _domain_nll(model: LanguageModel, data: LMData, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token loss and real-token count per domain, both ``[domains]`` float64."""
     nll = torch.zeros(len(DOMAINS), dtype=torch.float64)
     count = torch.zeros(len(DOMAINS), dtype=torch.float64)
     for rows in torch.arange(len(data)).split(batch_size):
@@ -274,10 +360,7 @@ def evaluate(model: LanguageModel, data: LMData, batch_size: int = 64) -> dict[s
         domains = data.domains[rows]
         nll.index_add_(0, domains, (losses.double() * real).sum(dim=1))
         count.index_add_(0, domains, real.sum(dim=1))
-    model.train(was_training)
-    result = {name: math.exp(nll[i] / count[i]) for i, name in enumerate(DOMAINS) if count[i] > 0}
-    result["all"] = math.exp(nll.sum() / count.sum())
-    return result
+    return nll, count
 
 
 def answer_token_loss(logits: torch.Tensor, targets: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
@@ -286,6 +369,11 @@ def answer_token_loss(logits: torch.Tensor, targets: torch.Tensor, answer_mask: 
     The knowledge corpus's answer words are the attribute values: the part of a document a
     model can only get right by having stored the fact.
     """
+    check_float_tensor("logits", logits, min_dims=3)
+    check_index_tensor("targets", targets, num_rows=logits.shape[0], dims=2)
+    check_mask("answer_mask", answer_mask, targets.shape)
+    if tuple(targets.shape) != tuple(logits.shape[:2]):
+        raise ValueError(f"targets must have shape {tuple(logits.shape[:2])}, got {tuple(targets.shape)}")
     if not answer_mask.any():
         raise ValueError("answer_mask selects no token: there is no answer token to score")
     losses = F.cross_entropy(logits.transpose(1, 2).float(), targets, reduction="none")  # [B, S]
@@ -300,26 +388,29 @@ def evaluate_answers(model: LanguageModel, data: LMData, batch_size: int = 64) -
     by domain name and ``"all"``. Sums are kept per domain and divided once at the end
     (the mean over all tokens, not a mean of batch means). Needs ``data.answer_mask``.
     """
+    check_model_and_data(model, data)
     if data.answer_mask is None:
         raise ValueError("data has no answer_mask: encode it with answer_words (see prepare_knowledge)")
     check_positive_int("batch_size", batch_size)
     was_training = model.training
     model.eval()
-    sums = {key: torch.zeros(len(DOMAINS), dtype=torch.float64)
-            for key in ("nll", "tokens", "answer_nll", "answers", "correct")}
-    for rows in torch.arange(len(data)).split(batch_size):
-        inputs, targets, mask = data.batch(rows)
-        answers = data.answer_mask[rows][:, : inputs.shape[1]]
-        logits = model(inputs, token_mask=mask).float()
-        mask = targets != data.pad_id  # score real targets (the position after <eos> has none)
-        losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").double()  # [B, S]
-        correct = (logits.argmax(dim=-1) == targets).double()
-        domains = data.domains[rows]
-        for key, values, where in (("nll", losses, mask), ("tokens", torch.ones_like(losses), mask),
-                                   ("answer_nll", losses, answers), ("answers", torch.ones_like(losses), answers),
-                                   ("correct", correct, answers)):
-            sums[key].index_add_(0, domains, (values * where).sum(dim=1))
-    model.train(was_training)
+    try:
+        sums = {key: torch.zeros(len(DOMAINS), dtype=torch.float64)
+                for key in ("nll", "tokens", "answer_nll", "answers", "correct")}
+        for rows in torch.arange(len(data)).split(batch_size):
+            inputs, targets, mask = data.batch(rows)
+            answers = data.answer_mask[rows][:, : inputs.shape[1]]
+            logits = model(inputs, token_mask=mask).float()
+            mask = targets != data.pad_id  # score real targets (the position after <eos> has none)
+            losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").double()  # [B, S]
+            correct = (logits.argmax(dim=-1) == targets).double()
+            domains = data.domains[rows]
+            for key, values, where in (("nll", losses, mask), ("tokens", torch.ones_like(losses), mask),
+                                       ("answer_nll", losses, answers), ("answers", torch.ones_like(losses), answers),
+                                       ("correct", correct, answers)):
+                sums[key].index_add_(0, domains, (values * where).sum(dim=1))
+    finally:
+        model.train(was_training)
     result = {"perplexity": {}, "answer_loss": {}, "answer_accuracy": {}}
     for name, index in [*((d, i) for i, d in enumerate(DOMAINS)), ("all", slice(None))]:
         total = {key: float(value[index].sum()) for key, value in sums.items()}
@@ -335,20 +426,25 @@ def evaluate_answers(model: LanguageModel, data: LMData, batch_size: int = 64) -
 def answer_experts(model: LanguageModel, data: LMData, layer: int = 0, batch_size: int = 256) -> torch.Tensor:
     """``[A]`` the first-choice expert of every answer position (the token *before* each answer
     word, which predicts it) in MoE layer ``layer``, in eval mode; for measuring routing churn."""
+    check_model_and_data(model, data)
+    check_positive_int("batch_size", batch_size)
     layers = moe_layers(model)
     if not layers:
         raise ValueError("the model has no MoE layers, so there is no routing to read")
+    check_non_negative_int("layer", layer, maximum=len(layers) - 1)
     if data.answer_mask is None:
         raise ValueError("data has no answer_mask: encode it with answer_words (see prepare_knowledge)")
     was_training = model.training
     model.eval()
-    chosen = []
-    for rows in torch.arange(len(data)).split(batch_size):
-        inputs, _, mask = data.batch(rows)
-        model(inputs, token_mask=mask)
-        answers = data.answer_mask[rows][:, : inputs.shape[1]].reshape(-1)
-        chosen.append(layers[layer].last_record.expert_indices[answers, 0])
-    model.train(was_training)
+    try:
+        chosen = []
+        for rows in torch.arange(len(data)).split(batch_size):
+            inputs, _, mask = data.batch(rows)
+            model(inputs, token_mask=mask)
+            answers = data.answer_mask[rows][:, : inputs.shape[1]].reshape(-1)
+            chosen.append(layers[layer].last_record.expert_indices[answers, 0])
+    finally:
+        model.train(was_training)
     return torch.cat(chosen)
 
 
@@ -359,12 +455,20 @@ def domain_expert_counts(model: LanguageModel, data: LMData, batch_size: int = 6
     Read from each MoE layer's routing record. Each (layer, domain) row sums to the domain's
     number of real tokens times ``top_k``.
     """
+    check_model_and_data(model, data)
     check_positive_int("batch_size", batch_size)
     layers = moe_layers(model)
     if not layers:
         raise ValueError("the model has no MoE layers, so there is no routing to count")
     was_training = model.training
     model.eval()
+    try:
+        return _count_domain_experts(model, layers, data, batch_size)
+    finally:
+        model.train(was_training)
+
+
+def _count_domain_experts(model: LanguageModel, layers: list, data: LMData, batch_size: int) -> torch.Tensor:
     counts = torch.zeros(len(layers), len(DOMAINS), layers[0].num_experts)
     for rows in torch.arange(len(data)).split(batch_size):
         inputs, _, mask = data.batch(rows)
@@ -378,7 +482,6 @@ def domain_expert_counts(model: LanguageModel, data: LMData, batch_size: int = 6
             counts[i].index_put_(
                 (domain.reshape(-1), chosen.reshape(-1)), torch.ones(chosen.numel()), accumulate=True
             )
-    model.train(was_training)
     return counts
 
 
@@ -394,35 +497,54 @@ CHECKPOINT_FORMAT_PREFIX = "moe-teach-lm/"
 CHECKPOINT_KEYS = {"format", "config", "max_seq_len", "tokenizer", "state_dict"}
 
 
+def check_path(name: str, path) -> Path:
+    """``path`` must be a str or a path-like object (``pathlib.Path``)."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise TypeError(f"{name} must be a file path (a non-empty str or pathlib.Path), got {path!r}")
+    return Path(path)
+
+
 def save_checkpoint(path, model: LanguageModel, tokenizer: WordTokenizer) -> Path:
     """Write model weights, config (a dict), tokenizer (a vocab list) and ``max_seq_len`` to ``path``."""
+    check_path("path", path)
+    check_instance("model", model, LanguageModel)
+    check_instance("tokenizer", tokenizer, WordTokenizer)
     if len(tokenizer) != model.config.vocab_size:
         raise ValueError(
             f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}"
         )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "config": model.config.to_dict(),
-            "max_seq_len": model.config.max_seq_len,
-            "tokenizer": tokenizer.to_dict(),
-            "state_dict": model.state_dict(),
-        },
-        path,
-    )
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT,
+        "config": model.config.to_dict(),
+        "max_seq_len": model.config.max_seq_len,
+        "tokenizer": tokenizer.to_dict(),
+        "state_dict": model.state_dict(),
+    }
+    # write next to the target, then rename: a failed write never leaves a half-written checkpoint
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(checkpoint, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
     return path
 
 
 def read_checkpoint(path) -> dict:
     """The checkpoint dict at ``path``, checked; clear errors for a missing, corrupt or foreign file."""
-    path = Path(path)
+    path = check_path("path", path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {path}")
     not_ours = f"{path} is not a moe-teach checkpoint (not a file written by torch.save / save_checkpoint)"
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
         raise ValueError(not_ours)
+    check_zip_integrity(path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001
@@ -450,6 +572,20 @@ def read_checkpoint(path) -> dict:
     return data
 
 
+def check_zip_integrity(path) -> None:
+    """Refuse a checkpoint whose zip records fail their CRC check (bytes changed on disk or in transit)."""
+    check_path("path", path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as error:
+        raise ValueError(f"{path} is not a moe-teach checkpoint that can be read: a damaged zip archive "
+                         f"({error})") from None
+    if damaged is not None:
+        raise ValueError(f"{path} is not a moe-teach checkpoint that can be trusted: a damaged file, its record "
+                         f"{damaged!r} fails its CRC check (changed after it was written); write it again")
+
+
 def load_checkpoint(path, model: LanguageModel | None = None) -> tuple[LanguageModel, WordTokenizer]:
     """Load ``(model, tokenizer)`` from ``path``.
 
@@ -466,6 +602,8 @@ def load_checkpoint(path, model: LanguageModel | None = None) -> tuple[LanguageM
         raise ValueError(f"checkpoint {path} is inconsistent: max_seq_len/vocab size do not match its config")
     if model is None:
         model = LanguageModel(config)
+    elif not isinstance(model, LanguageModel):
+        raise TypeError(f"model must be a LanguageModel or None, got {type(model).__name__}")
     elif model.config != config:
         ours, theirs = _flat(model.config.to_dict()), _flat(config.to_dict())
         diff = ", ".join(
@@ -498,6 +636,9 @@ def _load_state(model: LanguageModel, state: dict, path) -> None:
         raise ValueError(
             f"checkpoint {path} does not fit the model: missing keys {missing}, extra keys {extra}"
         )
+    not_tensors = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        raise ValueError(f"checkpoint {path} has a state_dict whose entries {not_tensors} are not tensors")
     wrong = [k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]
     if wrong:
         raise ValueError(f"checkpoint {path} has tensors of the wrong shape: {wrong}")
@@ -509,6 +650,7 @@ MIN_DOCUMENTS_PER_DOMAIN = 10
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    check_instance("parser", parser, argparse.ArgumentParser)
     parser.add_argument("--model", default="moe", choices=MODEL_KINDS, help="which model to train")
     parser.add_argument(
         "--steps", type=int, default=None,
@@ -555,6 +697,7 @@ COMPARE_IGNORES = ("model", "batch_size", "lr", "documents_per_domain", "experts
 
 def check_compare_args(args: argparse.Namespace) -> tuple[int, int]:
     """Validate ``--compare``'s arguments; returns ``(steps, upcycle_at)``."""
+    check_instance("args", args, argparse.Namespace)
     defaults = build_defaults()
     for name in COMPARE_IGNORES:
         if getattr(args, name) != defaults[name]:
@@ -581,15 +724,22 @@ def build_defaults() -> dict:
 
 def check_args(args: argparse.Namespace) -> Path:
     """Validate every argument before any training; returns the checked ``--out`` path."""
+    check_instance("args", args, argparse.Namespace)
     if args.upcycle_at is not None:
         raise ValueError("--upcycle-at only applies with --compare")
     if args.steps is None:
         args.steps = DEFAULT_STEPS
     for name in ("steps", "batch_size", "experts", "layers", "threads"):
         check_positive_int(f"--{name.replace('_', '-')}", getattr(args, name))
+    check_positive_int("--batch-size", args.batch_size, maximum=MAX_BATCH_SIZE)
+    check_positive_int("--layers", args.layers, maximum=MAX_LAYERS)
+    check_scheduled_rows(args.steps, args.batch_size)
     check_positive_float("--lr", args.lr)
+    check_seed("--seed", args.seed)
+    check_positive_int("--top-k", args.top_k)
     if not 1 <= args.top_k <= args.experts:
         raise ValueError(f"--top-k must be between 1 and --experts={args.experts}, got {args.top_k}")
+    check_positive_int("--documents-per-domain", args.documents_per_domain, maximum=MAX_DOCUMENTS_PER_DOMAIN)
     if args.documents_per_domain < MIN_DOCUMENTS_PER_DOMAIN:
         raise ValueError(
             f"--documents-per-domain must be at least {MIN_DOCUMENTS_PER_DOMAIN}, "
@@ -600,15 +750,24 @@ def check_args(args: argparse.Namespace) -> Path:
 
 def check_writable(out) -> Path:
     """Create ``out``'s folder and check a file can be written there, so a run cannot fail at the end."""
-    path = Path(out)
+    path = check_path("--out", out)
     if path.is_dir():
         raise ValueError(f"--out must be a file path, but {path} is a folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ValueError(f"--out: cannot create the folder {path.parent} ({error.strerror})") from None
+    if path.exists() and not path.is_file():
+        raise ValueError(f"--out must be a regular file path, but {path} is a device or another special file")
     if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise ValueError(f"--out: {path} is not writable (check the folder's permissions)")
+    try:  # really write: permissions can pass while the disk is full or the file system refuses writes
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe") as probe:
+            probe.write(b"\0" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as error:
+        raise ValueError(f"--out: cannot write a file next to {path} ({error.strerror or error})") from None
     return path
 
 
@@ -632,6 +791,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_instance("args", args, argparse.Namespace)
     if args.compare:
         return run_compare(args)
     out = check_args(args)
@@ -649,7 +809,11 @@ def run(args: argparse.Namespace) -> int:
     )
     train_model(model, prepared.train, train_config, progress=not args.no_progress, desc=args.model)
     perplexity = evaluate(model, prepared.validation)
-    path = save_checkpoint(out, model, prepared.tokenizer)
+    try:
+        path = save_checkpoint(out, model, prepared.tokenizer)
+    except OSError as error:
+        raise ValueError(f"--out: could not write the checkpoint to {out} ({error.strerror or error}); "
+                         "nothing was written") from None
     print("validation perplexity: " + ", ".join(f"{k} {v:.2f}" for k, v in perplexity.items()))
     print(f"checkpoint written to {path}")
     return 0

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..experts import Expert
 from ..moe_layer import MoEConfig, MoELayer
-from ..validation import check_non_negative_float, check_positive_int, check_top_k
+from ..validation import check_instance, check_non_negative_float, check_positive_int, check_seed, check_top_k
 from .model import LanguageModel, LMConfig
 
 
@@ -40,6 +40,7 @@ def upcycle_layer(dense: Expert, num_experts: int, top_k: int = 1, router_seed: 
         raise TypeError(f"dense must be an Expert (a dense feed-forward), got {type(dense).__name__}")
     check_positive_int("num_experts", num_experts)
     check_top_k(top_k, num_experts)
+    check_seed("router_seed", router_seed)
     router_std = check_non_negative_float("router_std", router_std)
     if "bias" in moe_options:
         raise ValueError("bias cannot be chosen: the experts copy the dense layer, biases included")
@@ -68,6 +69,9 @@ def upcycle(dense: Expert | LanguageModel, num_experts: int, top_k: int = 1, rou
         raise TypeError(f"dense must be an Expert or a LanguageModel, got {type(dense).__name__}")
     if dense.config.block.is_moe:
         raise ValueError("dense is already an MoE model (config.block.moe is set); upcycle a dense model")
+    check_positive_int("num_experts", num_experts)
+    check_top_k(top_k, num_experts)
+    check_seed("router_seed", router_seed)
     config = _upcycled_config(dense.config, num_experts, top_k, moe_options)
     model = copy.deepcopy(dense)
     model.config = config
@@ -91,6 +95,8 @@ def _upcycled_config(config: LMConfig, num_experts: int, top_k: int, moe_options
 
 def copies_of(layer: MoELayer, dense: nn.Module) -> bool:
     """True when every expert of ``layer`` holds exactly ``dense``'s weights."""
+    check_instance("layer", layer, MoELayer)
+    check_instance("dense", dense, nn.Module)
     reference = dense.state_dict()
     return all(
         set(e.state_dict()) == set(reference) and all(torch.equal(v, reference[k]) for k, v in e.state_dict().items())

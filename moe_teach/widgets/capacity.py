@@ -26,6 +26,7 @@ import ipywidgets as widgets
 import torch
 
 from ..routing import apply_capacity, expert_capacity, topk_softmax
+from ..routing.capacity import MAX_CAPACITY_FACTOR
 from ..validation import check_non_negative_float, check_positive_float, check_positive_int, check_top_k
 from .common import ACCENT, message_html
 
@@ -98,6 +99,8 @@ def parse_factor(text: str) -> float:
         raise ValueError(f"{text.strip()!r} is not a number: {hint}") from None
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{text.strip()!r} is not allowed: {hint}")
+    if value > MAX_CAPACITY_FACTOR:
+        raise ValueError(f"{text.strip()!r} is too large (at most {MAX_CAPACITY_FACTOR:g}): {hint}")
     return value
 
 
@@ -112,6 +115,7 @@ class CapacityExplorer(widgets.VBox):
         check_positive_int("num_experts", num_experts)
         check_top_k(top_k, num_experts)
         capacity_factor = check_positive_float("capacity_factor", capacity_factor)
+        check_positive_float("capacity_factor", capacity_factor, maximum=MAX_CAPACITY_FACTOR)
         check_non_negative_float("skew", skew)
         self.logits = make_logits(num_tokens, num_experts, skew, seed)
         self.factor_slider = widgets.FloatSlider(
