@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from moe_teach.lm.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from moe_teach.lm.model import LanguageModel, LMConfig
 from moe_teach.lm.tokenizer import WordTokenizer
-from moe_teach.lm.training import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from moe_teach.moe_layer import MoEConfig
 from moe_teach.transformer import BlockConfig
 

@@ -11,9 +11,11 @@ import torch
 
 from moe_teach import moe_layers
 from moe_teach.lessons import routing_analysis as ra
+from moe_teach.lessons import routing_views as rv
 from moe_teach.lm.data import DOMAINS
+from moe_teach.lm.evaluation import domain_expert_shares
 from moe_teach.lm.model import LMConfig
-from moe_teach.lm.training import build_model, domain_expert_shares, encode_documents, prepare_data
+from moe_teach.lm.training import build_model, encode_documents, prepare_data
 from moe_teach.moe_layer import MoEConfig
 from moe_teach.routing import apply_capacity, expert_capacity
 from moe_teach.transformer import BlockConfig
@@ -203,7 +205,7 @@ def test_bad_arguments_give_clear_errors(model, tokenizer, tmp_path):
 
 
 def test_any_checkpoint_the_package_writes_loads(model, tokenizer, tmp_path):
-    from moe_teach.lm.training import save_checkpoint
+    from moe_teach.lm.checkpoints import save_checkpoint
 
     path = save_checkpoint(tmp_path / "lm.pt", model, tokenizer)
     dashboard = routing_dashboard(checkpoint=path, text=TEXT)
@@ -227,18 +229,18 @@ def test_default_model_is_trained_once_deterministically_and_cached(tmp_path, mo
 
 def test_analysis_helpers_agree_with_direct_formulas():
     probs = torch.tensor([[0.5, 0.5, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.25] * 4])
-    assert torch.allclose(ra.routing_entropy(probs), torch.tensor([0.6931472, 0.0, 1.3862944]))
-    assert torch.allclose(ra.routing_margin(probs), torch.tensor([0.0, 1.0, 0.0]))
+    assert torch.allclose(rv.routing_entropy(probs), torch.tensor([0.6931472, 0.0, 1.3862944]))
+    assert torch.allclose(rv.routing_margin(probs), torch.tensor([0.0, 1.0, 0.0]))
     a, b = torch.tensor([0, 0, 1, 3, 3, 3]), torch.tensor([1, 1, 2, 0, 0, 1])
-    counts = ra.cooccurrence(a, b, 4)
+    counts = rv.cooccurrence(a, b, 4)
     loop = torch.zeros(4, 4, dtype=torch.long)
     for i, j in zip(a.tolist(), b.tolist()):
         loop[i, j] += 1
     assert torch.equal(counts, loop)
-    assert ra.mutual_information(torch.eye(4) * 10) == pytest.approx(2.0)     # one layer decides the other
-    assert ra.mutual_information(torch.ones(4, 4)) == pytest.approx(0.0, abs=1e-12)
-    assert ra.top_tokens(["b", "a", "b", "c", "a"], [1, 1, 1, 0, 0], 1, 5) == [("b", 2), ("a", 1)]
-    assert ra.word_consistency(["x", "x", "x", "y"], [0, 0, 1, 2], min_count=2) == {"x": pytest.approx(2 / 3)}
+    assert rv.mutual_information(torch.eye(4) * 10) == pytest.approx(2.0)     # one layer decides the other
+    assert rv.mutual_information(torch.ones(4, 4)) == pytest.approx(0.0, abs=1e-12)
+    assert rv.top_tokens(["b", "a", "b", "c", "a"], [1, 1, 1, 0, 0], 1, 5) == [("b", 2), ("a", 1)]
+    assert rv.word_consistency(["x", "x", "x", "y"], [0, 0, 1, 2], min_count=2) == {"x": pytest.approx(2 / 3)}
 
 
 def test_update_benchmark_runs(dashboard):
@@ -293,6 +295,6 @@ def test_app_notebook_builds_the_dashboard_from_the_checkpoint_variable(tmp_path
 def test_package_implementations_pass_the_lesson09_checks():
     from moe_teach.course.checks import run_checker
 
-    assert run_checker("routing_entropy", ra.routing_entropy).passed
-    assert run_checker("top_tokens", ra.top_tokens).passed
-    assert run_checker("cooccurrence", ra.cooccurrence).passed
+    assert run_checker("routing_entropy", rv.routing_entropy).passed
+    assert run_checker("top_tokens", rv.top_tokens).passed
+    assert run_checker("cooccurrence", rv.cooccurrence).passed

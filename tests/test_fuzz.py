@@ -35,11 +35,14 @@ from moe_teach import (
     soft_moe,
     transformer,
 )
+from moe_teach.lm import checkpoints as lm_checkpoints
 from moe_teach.lm import compare as lm_compare
 from moe_teach.lm import data as lm_data
+from moe_teach.lm import evaluation as lm_evaluation
 from moe_teach.lm import knowledge as lm_knowledge
 from moe_teach.lm import model as lm_model
 from moe_teach.lm import tokenizer as lm_tokenizer
+from moe_teach.lm import train_cli as lm_train_cli
 from moe_teach.lm import training as lm_training
 from moe_teach.lm import upcycle as lm_upcycle
 from moe_teach.parallel import exchange, launch
@@ -266,11 +269,11 @@ def _lm(dense: bool = False):
 
 
 def _checkpoint() -> str:
-    return str(lm_training.save_checkpoint(SCRATCH / "lm.pt", _lm(), TOKENIZER))
+    return str(lm_checkpoints.save_checkpoint(SCRATCH / "lm.pt", _lm(), TOKENIZER))
 
 
 def _cli_args(**changes) -> argparse.Namespace:
-    args = argparse.Namespace(**{**lm_training.build_defaults(), "steps": 2, "documents_per_domain": 10,
+    args = argparse.Namespace(**{**lm_train_cli.build_defaults(), "steps": 2, "documents_per_domain": 10,
                                  "batch_size": 4, "no_progress": True, "out": str(SCRATCH / "cli.pt"), **changes})
     return args
 
@@ -353,38 +356,39 @@ LM_SPECS = [
          text=("desc",), extra={"config": [{"steps": 2}], "stop_step": [3], "callback": [3]}),
     Spec("check_model_and_data", lm_training.check_model_and_data, dict(model=_lm(), data=PREPARED.train)),
     *[Spec(name, fn, dict(model=_lm(), data=PREPARED.validation, batch_size=8))
-      for name, fn in [("evaluate", lm_training.evaluate), ("domain_expert_counts", lm_training.domain_expert_counts),
-                       ("domain_expert_shares", lm_training.domain_expert_shares)]],
-    Spec("answer_token_loss", lm_training.answer_token_loss,
+      for name, fn in [("evaluate", lm_evaluation.evaluate),
+                       ("domain_expert_counts", lm_evaluation.domain_expert_counts),
+                       ("domain_expert_shares", lm_evaluation.domain_expert_shares)]],
+    Spec("answer_token_loss", lm_evaluation.answer_token_loss,
          dict(logits=torch.randn(2, 3, 5), targets=torch.randint(0, 5, (2, 3)),
               answer_mask=torch.ones(2, 3, dtype=torch.bool)),
          extra={"answer_mask": [torch.zeros(2, 3, dtype=torch.bool), torch.ones(2, 2, dtype=torch.bool)]}),
-    Spec("evaluate_answers", lm_training.evaluate_answers,
+    Spec("evaluate_answers", lm_evaluation.evaluate_answers,
          dict(model=_lm(), data=lm_training.LMData(**{**vars(PREPARED.validation),
                                                       "answer_mask": PREPARED.validation.inputs > 10}),
               batch_size=8), extra={"data": [PREPARED.validation]}),
-    Spec("answer_experts", lm_training.answer_experts,
+    Spec("answer_experts", lm_evaluation.answer_experts,
          dict(model=_lm(), data=lm_training.LMData(**{**vars(PREPARED.validation),
                                                       "answer_mask": PREPARED.validation.inputs > 10}),
               layer=0, batch_size=8), extra={"layer": [1]}),
-    Spec("save_checkpoint", lm_training.save_checkpoint, dict(path=str(SCRATCH / "saved.pt"), model=_lm(),
+    Spec("save_checkpoint", lm_checkpoints.save_checkpoint, dict(path=str(SCRATCH / "saved.pt"), model=_lm(),
                                                               tokenizer=TOKENIZER), text=("path",)),
-    Spec("check_path", lm_training.check_path, dict(name="path", path="a.pt"), text=("name", "path"),
+    Spec("check_path", lm_checkpoints.check_path, dict(name="path", path="a.pt"), text=("name", "path"),
          not_fuzzed=("name",), extra={"path": [""]}),
-    Spec("check_zip_integrity", lm_training.check_zip_integrity, dict(path=_checkpoint()), text=("path",)),
-    Spec("read_checkpoint", lm_training.read_checkpoint, dict(path=_checkpoint()), text=("path",)),
-    Spec("load_checkpoint", lm_training.load_checkpoint, dict(path=_checkpoint(), model=_lm()), text=("path",),
+    Spec("check_zip_integrity", lm_checkpoints.check_zip_integrity, dict(path=_checkpoint()), text=("path",)),
+    Spec("read_checkpoint", lm_checkpoints.read_checkpoint, dict(path=_checkpoint()), text=("path",)),
+    Spec("load_checkpoint", lm_checkpoints.load_checkpoint, dict(path=_checkpoint(), model=_lm()), text=("path",),
          extra={"model": [_lm(dense=True)]}),
-    Spec("configure_parser", lm_training.configure_parser, dict(parser=argparse.ArgumentParser())),
-    Spec("build_defaults", lm_training.build_defaults, dict()),
-    Spec("check_args", lm_training.check_args, dict(args=_cli_args())),
-    Spec("check_compare_args", lm_training.check_compare_args, dict(args=_cli_args(out="runs/lm.pt",
+    Spec("configure_parser", lm_train_cli.configure_parser, dict(parser=argparse.ArgumentParser())),
+    Spec("build_defaults", lm_train_cli.build_defaults, dict()),
+    Spec("check_args", lm_train_cli.check_args, dict(args=_cli_args())),
+    Spec("check_compare_args", lm_train_cli.check_compare_args, dict(args=_cli_args(out="runs/lm.pt",
                                                                                    batch_size=16,
                                                                                    documents_per_domain=300))),
-    Spec("check_writable", lm_training.check_writable, dict(out=str(SCRATCH / "w.pt")), text=("out",),
+    Spec("check_writable", lm_train_cli.check_writable, dict(out=str(SCRATCH / "w.pt")), text=("out",),
          extra={"out": ["/dev/full", str(SCRATCH)]}),
-    Spec("run", lm_training.run, dict(args=_cli_args())),
-    Spec("run_compare", lm_training.run_compare, dict(args=_cli_args(out="runs/lm.pt", batch_size=16,
+    Spec("run", lm_train_cli.run, dict(args=_cli_args())),
+    Spec("run_compare", lm_train_cli.run_compare, dict(args=_cli_args(out="runs/lm.pt", batch_size=16,
                                                                      documents_per_domain=300, compare=True))),
     # upcycle
     Spec("upcycle_layer", lm_upcycle.upcycle_layer, dict(dense=mt.Expert(8, 16), num_experts=4, top_k=2,
@@ -400,6 +404,8 @@ LM_SPECS = [
          text=("name",)),
     Spec("KnowledgeCorpus", lm_knowledge.KnowledgeCorpus, dict(train=DOCS, validation=DOCS, entities=[ENTITY])),
     Spec("make_entities", lm_knowledge.make_entities, dict(seed=0)),
+    Spec("check_name_words", lm_knowledge.check_name_words, dict(name_words=8), extra={"name_words": [1, 13]}),
+    Spec("check_order", lm_knowledge.check_order, dict(order=(3, 2, 1, 0)), extra={"order": [(0, 1), (0, 0, 1, 2)]}),
     Spec("fact_text", lm_knowledge.fact_text, dict(entity=ENTITY, order=(0, 1, 2, 3)),
          extra={"order": [(0, 1), (0, 0, 1, 2), (0, 1, 2, 9)]}),
     Spec("make_knowledge_corpus", lm_knowledge.make_knowledge_corpus, dict(train_orders=1, seed=0),
@@ -424,6 +430,8 @@ from moe_teach.lessons import balance as lesson_balance  # noqa: E402
 from moe_teach.lessons import modern as lesson_modern  # noqa: E402
 from moe_teach.lessons import performance as lesson_performance  # noqa: E402
 from moe_teach.lessons import routing_analysis as lesson_routing  # noqa: E402
+from moe_teach.lessons import routing_views as lesson_routing_views  # noqa: E402
+from moe_teach.lessons import sweep_reading as lesson_sweep  # noqa: E402
 from moe_teach.lessons import toy as lesson_toy  # noqa: E402
 
 TOY = lesson_toy.make_toy_data(num_points=32, seed=0)
@@ -431,8 +439,8 @@ CLUSTERS = lesson_balance.make_cluster_task(num_points=32, dim=8, num_clusters=4
 BALANCE = lesson_balance.BalanceConfig(num_experts=4, top_k=1, hidden_dim=8, steps=2)
 BALANCE_RECORD = lesson_balance.route(lesson_balance.build_layer(CLUSTERS, BALANCE), CLUSTERS.x)
 ROUTING_MODEL = _lm()
-lm_training.save_checkpoint(lesson_routing.default_checkpoint_path(SCRATCH), ROUTING_MODEL, TOKENIZER)
-ROUTING_TABLE = lesson_routing.routing_table(ROUTING_MODEL, TOKENIZER, PREPARED.corpus)
+lm_checkpoints.save_checkpoint(lesson_routing.default_checkpoint_path(SCRATCH), ROUTING_MODEL, TOKENIZER)
+ROUTING_TABLE = lesson_routing_views.routing_table(ROUTING_MODEL, TOKENIZER, PREPARED.corpus)
 PROBS_3 = torch.softmax(torch.randn(5, 4), dim=-1)
 TIMING_CASES = {"a": lambda: None, "b": lambda: None}
 SWEEP_ROWS = lesson_performance.sweep(experts=(2,), top_ks=(1,), tokens=8, dim=4, hidden=4, repeats=1, progress=False)
@@ -499,38 +507,38 @@ LESSON_SPECS = [
               dtype=torch.long), weights=torch.rand(1, 2, 2), cut=0)),
     Spec("route_text", lesson_routing.route_text, dict(model=ROUTING_MODEL, tokenizer=TOKENIZER, text="the bank"),
          text=("text",)),
-    Spec("RoutingTable", lesson_routing.RoutingTable,
+    Spec("RoutingTable", lesson_routing_views.RoutingTable,
          dict(token_ids=ROUTING_TABLE.token_ids, domains=ROUTING_TABLE.domains, probs=ROUTING_TABLE.probs,
               experts=ROUTING_TABLE.experts, vocab=list(ROUTING_TABLE.vocab))),
-    Spec("collect_routing", lesson_routing.collect_routing, dict(model=ROUTING_MODEL, data=PREPARED.validation,
+    Spec("collect_routing", lesson_routing_views.collect_routing, dict(model=ROUTING_MODEL, data=PREPARED.validation,
                                                                  batch_size=8)),
-    Spec("routing_table", lesson_routing.routing_table, dict(model=ROUTING_MODEL, tokenizer=TOKENIZER,
+    Spec("routing_table", lesson_routing_views.routing_table, dict(model=ROUTING_MODEL, tokenizer=TOKENIZER,
                                                              corpus=PREPARED.corpus)),
-    Spec("domain_expert_shares", lesson_routing.domain_expert_shares, dict(table=ROUTING_TABLE)),
-    Spec("routing_entropy", lesson_routing.routing_entropy, dict(probs=PROBS_3)),
-    Spec("routing_margin", lesson_routing.routing_margin, dict(probs=PROBS_3)),
-    Spec("cooccurrence", lesson_routing.cooccurrence, dict(first_a=torch.tensor([0, 1, 2]),
+    Spec("domain_expert_shares", lesson_routing_views.domain_expert_shares, dict(table=ROUTING_TABLE)),
+    Spec("routing_entropy", lesson_routing_views.routing_entropy, dict(probs=PROBS_3)),
+    Spec("routing_margin", lesson_routing_views.routing_margin, dict(probs=PROBS_3)),
+    Spec("cooccurrence", lesson_routing_views.cooccurrence, dict(first_a=torch.tensor([0, 1, 2]),
                                                            first_b=torch.tensor([1, 1, 0]), num_experts=4)),
-    Spec("mutual_information", lesson_routing.mutual_information, dict(counts=torch.rand(4, 4))),
-    Spec("entropy_bits", lesson_routing.entropy_bits, dict(counts=torch.rand(4))),
-    Spec("top_tokens", lesson_routing.top_tokens, dict(words=["a", "b", "a"], experts=[0, 1, 0], expert=0, n=2)),
-    Spec("ExpertCard", lesson_routing.ExpertCard, dict(layer=0, expert=1, traffic=0.5, top_words=[("a", 2)],
+    Spec("mutual_information", lesson_routing_views.mutual_information, dict(counts=torch.rand(4, 4))),
+    Spec("entropy_bits", lesson_routing_views.entropy_bits, dict(counts=torch.rand(4))),
+    Spec("top_tokens", lesson_routing_views.top_tokens, dict(words=["a", "b", "a"], experts=[0, 1, 0], expert=0, n=2)),
+    Spec("ExpertCard", lesson_routing_views.ExpertCard, dict(layer=0, expert=1, traffic=0.5, top_words=[("a", 2)],
                                                        domain_shares={"legal": 1.0})),
-    Spec("expert_card", lesson_routing.expert_card, dict(table=ROUTING_TABLE, layer=0, expert=1, n=3),
+    Spec("expert_card", lesson_routing_views.expert_card, dict(table=ROUTING_TABLE, layer=0, expert=1, n=3),
          extra={"layer": [5], "expert": [9]}),
-    Spec("is_function_word", lesson_routing.is_function_word, dict(word="the"), text=("word",)),
-    Spec("word_consistency", lesson_routing.word_consistency, dict(words=["a", "b", "a"], experts=[0, 1, 0],
+    Spec("is_function_word", lesson_routing_views.is_function_word, dict(word="the"), text=("word",)),
+    Spec("word_consistency", lesson_routing_views.word_consistency, dict(words=["a", "b", "a"], experts=[0, 1, 0],
                                                                    min_count=1)),
-    Spec("check_capacity_factor", lesson_routing.check_capacity_factor, dict(value=1.0),
+    Spec("check_capacity_factor", lesson_routing_views.check_capacity_factor, dict(value=1.0),
          not_fuzzed=("value",)),  # the argument is named capacity_factor in the widgets that call it
     Spec("check_words", lesson_routing.check_words, dict(name="words", words=["a", "b"]), text=("name",),
          not_fuzzed=("name",), extra={"words": [["a", 3]]}),
     Spec("check_expert_list", lesson_routing.check_expert_list, dict(name="experts", experts=[0, 1], length=2),
          text=("name",), not_fuzzed=("name", "length"), extra={"experts": [[0, -1], [0]]}),
-    Spec("routing_analysis.check_counts", lesson_routing.check_counts, dict(name="counts", counts=torch.rand(4),
+    Spec("routing_analysis.check_counts", lesson_routing_views.check_counts, dict(name="counts", counts=torch.rand(4),
                                                                              dims=1),
          text=("name",), not_fuzzed=("name", "dims"), extra={"counts": [-torch.rand(4), torch.rand(2, 2)]}),
-    Spec("check_layer", lesson_routing.check_layer, dict(layer=0, num_layers=2), extra={"layer": [2]}),
+    Spec("check_layer", lesson_routing_views.check_layer, dict(layer=0, num_layers=2), extra={"layer": [2]}),
     # performance (lesson 04): tiny sizes, one repeat
     Spec("check_sizes", lesson_performance.check_sizes, dict(tokens=8, dim=8), extra={"tokens": [HUGE]}),
     Spec("check_int_tuple", lesson_performance.check_int_tuple, dict(name="values", values=(2, 4), maximum=64),
@@ -557,12 +565,12 @@ LESSON_SPECS = [
     Spec("counted_on_meta", lesson_performance.counted_on_meta, dict(config=LM_CONFIG)),
     Spec("find_config", lesson_performance.find_config, dict(active_target=1.2e7, total_target=1e8, vocab_size=8192,
                                                              max_seq_len=512)),
-    Spec("slower_than_dense_total", lesson_performance.slower_than_dense_total,
+    Spec("slower_than_dense_total", lesson_sweep.slower_than_dense_total,
          dict(rows=SWEEP_ROWS, key="forward_s", min_flop_ratio=2.0), text=("key",)),
-    Spec("bytes_moved_per_forward", lesson_performance.bytes_moved_per_forward,
+    Spec("bytes_moved_per_forward", lesson_sweep.bytes_moved_per_forward,
          dict(tokens=8, dim=8, hidden=8, num_experts=4, top_k=2)),
-    Spec("expert_call_overhead", lesson_performance.expert_call_overhead, dict(dim=4, hidden=4, repeats=1, seed=0)),
-    Spec("square_matmul_gflops", lesson_performance.square_matmul_gflops, dict(n=8, repeats=1),
+    Spec("expert_call_overhead", lesson_sweep.expert_call_overhead, dict(dim=4, hidden=4, repeats=1, seed=0)),
+    Spec("square_matmul_gflops", lesson_sweep.square_matmul_gflops, dict(n=8, repeats=1),
          extra={"n": [HUGE]}),
 ]
 SPECS += LESSON_SPECS
@@ -572,8 +580,10 @@ DRAWING_ONLY = {"plot_utilisation", "plot_token_expert_heatmap", "plot_cluster_e
 # Modules whose every public function and class must have a spec (or be listed in NOT_FUZZED).
 FUZZED_MODULES = [experts, topk, capacity, decision, dispatch, moe_layer, losses, transformer, counting, shared,
                   fine_grained, soft_moe, bias_balancing, deepseek, expert_choice, exchange, parallel_layer,
-                  launch, lm_data, lm_tokenizer, lm_model, lm_training, lm_upcycle, lm_knowledge,
-                  lm_compare, lesson_toy, lesson_balance, lesson_modern, lesson_routing,
+                  launch, lm_data, lm_tokenizer, lm_model, lm_training, lm_evaluation, lm_checkpoints, lm_train_cli,
+                  lm_upcycle, lm_knowledge,
+                  lm_compare, lesson_toy, lesson_balance, lesson_modern, lesson_routing, lesson_routing_views,
+                  lesson_sweep,
                   lesson_performance] + ([hf] if HF_SPECS else [])
 NOT_FUZZED = {
     "moe_teach.validation": "the checkers themselves (tested in test_validation.py)",
@@ -584,82 +594,8 @@ NEEDS_PROCESS_GROUP = {"exchange_counts", "AllToAll", "all_to_all", "ExchangeSta
                        "all_reduce_replicated_grads", "WorkerError", "free_port", "run_workers"}
 
 
-# Known gaps in moe_teach/lm/knowledge.py and lm/compare.py (lesson 07's modules, being tuned by another
-# session): strict xfail, so each one turns into a failure to remove from this list once it is fixed.
-KNOWN_GAPS = {
-    'FactDocument-entity=3',
-    "FactDocument-order='x'",
-    'FactDocument-order=3',
-    'Entity-name=3',
-    "Entity-domain='no-such-value'",
-    'Entity-domain=3',
-    "Entity-facts='x'",
-    "KnowledgeCorpus-entities='x'",
-    'KnowledgeCorpus-entities=3',
-    "make_entities-seed='3'",
-    'make_entities-seed=2.5',
-    'make_entities-seed=True',
-    'make_entities-seed=-1',
-    'make_entities-seed=11805916207174113034',
-    "fact_text-entity='x'",
-    'fact_text-entity=3',
-    "fact_text-order='x'",
-    'fact_text-order=3',
-    'fact_text-order=(0, 1)',
-    'fact_text-order=(0, 0, 1, 2)',
-    'fact_text-order=(0, 1, 2, 9)',
-    "make_knowledge_corpus-seed='3'",
-    'make_knowledge_corpus-seed=2.5',
-    'make_knowledge_corpus-seed=True',
-    'make_knowledge_corpus-seed=-1',
-    'make_knowledge_corpus-seed=11805916207174113034',
-    "value_words-domain='no-such-value'",
-    'value_words-domain=3',
-    "document_facts-document='x'",
-    'document_facts-document=3',
-    "prepare_knowledge-seed='3'",
-    'prepare_knowledge-seed=2.5',
-    'prepare_knowledge-seed=True',
-    'prepare_knowledge-seed=-1',
-    'prepare_knowledge-seed=11805916207174113034',
-    "ArmResult-model='x'",
-    'ArmResult-model=3',
-    "ArmResult-histories='x'",
-    'ArmResult-histories=3',
-    'ArmResult-seconds=nan',
-    'ArmResult-seconds=inf',
-    "ArmResult-seconds='x'",
-    "ArmResult-steps='3'",
-    'ArmResult-steps=2.5',
-    'ArmResult-steps=True',
-    'ArmResult-steps=-1',
-    'ArmResult-steps=11805916207174113034',
-    "ArmResult-scores='x'",
-    "Comparison-seed='3'",
-    'Comparison-seed=2.5',
-    'Comparison-seed=True',
-    'Comparison-seed=-1',
-    'Comparison-seed=11805916207174113034',
-    "Comparison-steps='3'",
-    'Comparison-steps=2.5',
-    'Comparison-steps=True',
-    'Comparison-steps=-1',
-    'Comparison-steps=11805916207174113034',
-    "Comparison-upcycle_at='3'",
-    'Comparison-upcycle_at=2.5',
-    'Comparison-upcycle_at=True',
-    'Comparison-upcycle_at=-1',
-    'Comparison-upcycle_at=11805916207174113034',
-    "Comparison-arms='x'",
-    "run_comparison-prepared='x'",
-    'run_comparison-prepared=3',
-    'run_comparison-arms=3',
-    "run_comparison-churn_every='3'",
-    'run_comparison-churn_every=2.5',
-    'run_comparison-churn_every=True',
-    'run_comparison-churn_every=-1',
-    'run_comparison-churn_every=11805916207174113034',
-}
+# Cases known to fail, run as strict xfails so that a fixed one must leave this list.
+KNOWN_GAPS: set[str] = set()   # cases still failing, as strict xfails (none left)
 
 
 def bad_values(value, text: bool) -> list:

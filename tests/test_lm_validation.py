@@ -15,22 +15,13 @@ import torch
 
 import moe_teach as mt
 from moe_teach.course.cli import main
-from moe_teach.lm import training
+from moe_teach.lm import checkpoints, training
+from moe_teach.lm.checkpoints import load_checkpoint, save_checkpoint
 from moe_teach.lm.data import make_corpus, make_document
+from moe_teach.lm.evaluation import domain_expert_counts, evaluate
 from moe_teach.lm.model import LMConfig, generate, lm_loss
 from moe_teach.lm.tokenizer import WordTokenizer
-from moe_teach.lm.training import (
-    LMData,
-    TrainConfig,
-    batch_schedule,
-    build_model,
-    domain_expert_counts,
-    evaluate,
-    load_checkpoint,
-    prepare_data,
-    save_checkpoint,
-    train_model,
-)
+from moe_teach.lm.training import LMData, TrainConfig, batch_schedule, build_model, prepare_data, train_model
 from moe_teach.moe_layer import MoEConfig
 from moe_teach.transformer import BlockConfig
 
@@ -255,7 +246,7 @@ def test_a_state_dict_holding_a_non_tensor_is_refused(prepared, model, tmp_path)
     state = model.state_dict()
     key = next(iter(state))
     state[key] = "not a tensor"
-    torch.save({"format": training.CHECKPOINT_FORMAT, "config": model.config.to_dict(),
+    torch.save({"format": checkpoints.CHECKPOINT_FORMAT, "config": model.config.to_dict(),
                 "max_seq_len": model.config.max_seq_len, "tokenizer": prepared.tokenizer.to_dict(),
                 "state_dict": state}, tmp_path / "odd.pt")
     with pytest.raises(ValueError, match=f"entries \\['{key}'\\] are not tensors"):

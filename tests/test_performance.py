@@ -4,7 +4,7 @@ import torch
 from moe_teach import BlockConfig, MoEConfig
 from moe_teach.counting import active_parameters, count_parameters
 from moe_teach.experts import Expert
-from moe_teach.lessons import performance
+from moe_teach.lessons import performance, sweep_reading
 from moe_teach.lessons.performance import (
     STAGES,
     counted_on_meta,
@@ -123,7 +123,7 @@ def _fake_rows():
 
 
 def test_slower_than_dense_total_needs_both_a_flop_saving_and_a_slower_time():
-    found = performance.slower_than_dense_total(_fake_rows(), min_flop_ratio=1.9)
+    found = sweep_reading.slower_than_dense_total(_fake_rows(), min_flop_ratio=1.9)
     # (4, 1): FLOP ratio 3.2 and slower -> listed; (4, 2): faster; (2, 1): slower, but the router
     # leaves its FLOP ratio at 1.78, under 1.9; (2, 2): no FLOP saving at all
     assert [(f["num_experts"], f["top_k"]) for f in found] == [(4, 1)]
@@ -131,11 +131,11 @@ def test_slower_than_dense_total_needs_both_a_flop_saving_and_a_slower_time():
 
 
 def test_bytes_moved_counts_weights_and_the_two_copies():
-    moved = performance.bytes_moved_per_forward(tokens=16, dim=4, hidden=8, num_experts=4, top_k=2)
+    moved = sweep_reading.bytes_moved_per_forward(tokens=16, dim=4, hidden=8, num_experts=4, top_k=2)
     assert moved["moe_weights"] == 4 * 4 * (4 * 8 + 8 + 8 * 4 + 4)
     assert moved["dense_active_weights"] == 4 * (4 * 16 + 16 + 16 * 4 + 4)
     assert moved["gather_scatter"] == 4 * 2 * 16 * 2 * 4
-    assert performance.bytes_moved_per_forward(1, 4, 8, 4, 2)["moe_weights"] == 2 * 4 * (4 * 8 + 8 + 8 * 4 + 4)
+    assert sweep_reading.bytes_moved_per_forward(1, 4, 8, 4, 2)["moe_weights"] == 2 * 4 * (4 * 8 + 8 + 8 * 4 + 4)
 
 
 def test_plot_sweep_has_one_row_per_k_three_lines_each_and_one_legend():
@@ -144,7 +144,7 @@ def test_plot_sweep_has_one_row_per_k_three_lines_each_and_one_legend():
     import matplotlib.pyplot as plt
 
     rows = performance.sweep(experts=(2, 4), top_ks=(1, 2), tokens=32, dim=8, hidden=8, repeats=1, progress=False)
-    fig = performance.plot_sweep(rows, [("params", "parameters", 1), ("forward_s", "forward (ms)", 1e3)],
+    fig = sweep_reading.plot_sweep(rows, [("params", "parameters", 1), ("forward_s", "forward (ms)", 1e3)],
                                  top_ks=(1, 2))
     axes = fig.axes
     assert len(axes) == 4 and all(len(ax.lines) == 3 for ax in axes)
@@ -155,5 +155,5 @@ def test_plot_sweep_has_one_row_per_k_three_lines_each_and_one_legend():
 
 
 def test_overhead_and_matmul_rate_are_positive():
-    assert 0 < performance.expert_call_overhead(dim=8, hidden=8, repeats=5) < 1
-    assert performance.square_matmul_gflops(n=64, repeats=2) > 0
+    assert 0 < sweep_reading.expert_call_overhead(dim=8, hidden=8, repeats=5) < 1
+    assert sweep_reading.square_matmul_gflops(n=64, repeats=2) > 0

@@ -4,19 +4,16 @@ import pytest
 import torch
 
 from moe_teach.course.cli import main
+from moe_teach.lm.checkpoints import load_checkpoint, save_checkpoint
 from moe_teach.lm.data import DOMAINS
+from moe_teach.lm.evaluation import domain_expert_counts, domain_expert_shares, evaluate
 from moe_teach.lm.model import LMConfig
 from moe_teach.lm.training import (
     TrainConfig,
     build_model,
-    domain_expert_counts,
-    domain_expert_shares,
-    evaluate,
     learning_rate,
-    load_checkpoint,
     model_config,
     prepare_data,
-    save_checkpoint,
     train_model,
 )
 from moe_teach.moe_layer import MoEConfig
@@ -232,7 +229,7 @@ def test_bad_step_ranges(prepared):
 def test_answer_token_loss_against_a_hand_computed_example():
     import math
 
-    from moe_teach.lm.training import answer_token_loss
+    from moe_teach.lm.evaluation import answer_token_loss
 
     # vocabulary of 3; logits log(p) so the probabilities are readable
     probs = torch.tensor([[[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.25, 0.25, 0.5]]])  # [1, 3, 3]
@@ -246,7 +243,8 @@ def test_answer_token_loss_against_a_hand_computed_example():
 
 def test_evaluate_answers_matches_per_document_sums():
     from moe_teach.lm.compare import knowledge_config, prepare_knowledge
-    from moe_teach.lm.training import LMData, answer_token_loss, evaluate_answers
+    from moe_teach.lm.evaluation import answer_token_loss, evaluate_answers
+    from moe_teach.lm.training import LMData
 
     knowledge = prepare_knowledge(seed=0)
     data = knowledge.validation

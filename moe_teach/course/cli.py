@@ -17,7 +17,7 @@ SUBCOMMANDS = {
     "bench": ("moe_teach.course.bench", "time the dispatch paths against dense feed-forwards"),
     "exercises": ("moe_teach.course.exercises", "build exercises/ from solutions/"),
     "check": ("moe_teach.course.grading", "run a learner's exercise notebook and print a scorecard"),
-    "train": ("moe_teach.lm.training", "train the small MoE language model outside a notebook"),
+    "train": ("moe_teach.lm.train_cli", "train the small MoE language model outside a notebook"),
     "dashboard": ("moe_teach.course.dashboard_app", "serve the lesson-09 routing dashboard as a web page (Voila)"),
     "parallel": ("moe_teach.course.parallel_cli", "run the expert-parallel MoE layer on N local processes"),
 }

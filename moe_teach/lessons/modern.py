@@ -139,7 +139,7 @@ class GroupedToyModel(nn.Module):
 def domain_purity(counts: torch.Tensor) -> float:
     """How specialised experts are: share of each expert's traffic from its main domain, traffic-weighted.
 
-    ``counts`` ``[L, domains, E]`` (from :func:`moe_teach.lm.training.domain_expert_counts`);
+    ``counts`` ``[L, domains, E]`` (from :func:`moe_teach.lm.evaluation.domain_expert_counts`);
     averaged over layers. 1 = every expert serves one domain; about 1/domains = no specialisation.
     """
     check_float_tensor("counts", counts, min_dims=3)

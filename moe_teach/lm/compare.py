@@ -16,7 +16,7 @@ Five arms, trained on the same knowledge corpus with the same schedule and batch
 ==================  ===============================================================
 
 The score of each arm is its validation answer-token loss (see
-:func:`~moe_teach.lm.training.evaluate_answers`).
+:func:`~moe_teach.lm.evaluation.evaluate_answers`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,14 @@ from dataclasses import dataclass, field
 
 from ..moe_layer import MoEConfig
 from ..transformer import BlockConfig
-from ..validation import check_positive_int
+from ..validation import (
+    check_instance,
+    check_non_negative_float,
+    check_non_negative_int,
+    check_positive_int,
+    check_seed,
+)
+from .evaluation import answer_experts, evaluate_answers
 from .knowledge import make_knowledge_corpus, value_words
 from .model import LanguageModel, LMConfig
 from .tokenizer import WordTokenizer
@@ -35,10 +42,8 @@ from .training import (
     History,
     Prepared,
     TrainConfig,
-    answer_experts,
     build_model,
     encode_documents,
-    evaluate_answers,
     make_optimizer,
     train_model,
 )
@@ -51,6 +56,7 @@ KNOWLEDGE_SEQ_LEN = 16  # <bos> + 2 name words + 4 attribute-value pairs (up to 
 
 def prepare_knowledge(seed: int = 0, train_orders: int = 8, name_words: int = NAME_WORDS) -> Prepared:
     """The knowledge corpus, its tokenizer and both splits as tensors with ``answer_mask``."""
+    check_seed("seed", seed)
     corpus = make_knowledge_corpus(train_orders, seed=seed, name_words=name_words)
     tokenizer = WordTokenizer.from_texts(doc.text for doc in corpus.train)
     answers = value_words()
@@ -92,6 +98,14 @@ class ArmResult:
     steps: int = 0
     scores: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        check_instance("model", self.model, LanguageModel)
+        if not isinstance(self.histories, list) or not all(isinstance(h, History) for h in self.histories):
+            raise TypeError(f"histories must be a list of History, got {type(self.histories).__name__}")
+        check_non_negative_float("seconds", self.seconds)
+        check_non_negative_int("steps", self.steps)
+        check_instance("scores", self.scores, dict)
+
     @property
     def ms_per_step(self) -> float:
         return 1000 * self.seconds / self.steps
@@ -109,6 +123,13 @@ class Comparison:
     churn_steps: list[int] = field(default_factory=list)
     churn: list[float] = field(default_factory=list)
     upcycle_source: LanguageModel | None = None
+
+    def __post_init__(self):
+        check_seed("seed", self.seed)
+        check_positive_int("steps", self.steps)
+        check_positive_int("upcycle_at", self.upcycle_at)
+        if not isinstance(self.arms, dict) or not all(isinstance(a, ArmResult) for a in self.arms.values()):
+            raise TypeError(f"arms must be a dict of arm name -> ArmResult, got {type(self.arms).__name__}")
 
     def answer_loss(self, arm: str) -> float:
         return self.arms[arm].scores["answer_loss"]["all"]
@@ -145,8 +166,12 @@ def run_comparison(
     in pieces of ``churn_every`` steps so the routing of the validation answer tokens can be
     compared between checkpoints (churn: the share that changed expert).
     """
+    check_instance("prepared", prepared, Prepared)
     check_positive_int("steps", steps)
     check_positive_int("upcycle_at", upcycle_at)
+    check_positive_int("churn_every", churn_every)
+    if isinstance(arms, str) or not isinstance(arms, (tuple, list, set)):
+        raise TypeError(f"arms must be a sequence of arm names ({', '.join(ARMS)}), got {arms!r}")
     if upcycle_at >= steps:
         raise ValueError(f"upcycle_at must be smaller than steps={steps}, got {upcycle_at}")
     unknown = sorted(set(arms) - set(ARMS))

@@ -28,7 +28,7 @@ import itertools
 import random
 from dataclasses import dataclass
 
-from ..validation import check_positive_int
+from ..validation import check_choice, check_instance, check_positive_int, check_seed, check_text
 from .data import DOMAINS, Corpus, Document
 
 NAME_WORDS = {  # first word x second word = 144 entity names per domain
@@ -109,6 +109,11 @@ class FactDocument(Document):
     entity: str = ""
     order: tuple[int, ...] = ()
 
+    def __post_init__(self):
+        super().__post_init__()
+        check_text("entity", self.entity)
+        check_order(self.order)
+
 
 @dataclass(frozen=True)
 class Entity:
@@ -117,6 +122,13 @@ class Entity:
     name: str
     domain: str
     facts: dict
+
+    def __post_init__(self):
+        check_text("name", self.name)
+        check_choice("domain", self.domain, DOMAINS)
+        if not isinstance(self.facts, dict) or len(self.facts) != 4:
+            raise TypeError(f"facts must be a dict of the 4 attributes of a {self.domain} entity, "
+                            f"got {self.facts!r:.60}")
 
     def __hash__(self) -> int:
         return hash((self.name, self.domain))
@@ -128,6 +140,11 @@ class KnowledgeCorpus(Corpus):
 
     entities: list[Entity] = None
 
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.entities, list) or not all(isinstance(e, Entity) for e in self.entities):
+            raise TypeError(f"entities must be a list of Entity, got {type(self.entities).__name__}")
+
 
 def make_entities(seed: int = 0, name_words: int = 12) -> list[Entity]:
     """4 x ``name_words**2`` entities; each attribute's value drawn uniformly from its 16 (seeded).
@@ -136,7 +153,7 @@ def make_entities(seed: int = 0, name_words: int = 12) -> list[Entity]:
     ``name_words`` second words (all 12 of each: 144 entities per domain).
     """
     check_name_words(name_words)
-    rng = random.Random(seed)
+    rng = random.Random(check_seed("seed", seed))
     entities = []
     for domain in DOMAINS:
         firsts, seconds = NAME_WORDS[domain]
@@ -148,9 +165,18 @@ def make_entities(seed: int = 0, name_words: int = 12) -> list[Entity]:
 
 def fact_text(entity: Entity, order) -> str:
     """``"<name> attr value attr value ..."`` with the attributes in ``order`` (indices 0-3)."""
+    check_instance("entity", entity, Entity)
+    check_order(order)
     attributes = list(entity.facts)
     pairs = (f"{attributes[i]} {entity.facts[attributes[i]]}" for i in order)
     return f"{entity.name} " + " ".join(pairs)
+
+
+def check_order(order) -> tuple[int, ...]:
+    """``order`` must be a tuple holding each of the 4 attribute indices 0-3 once."""
+    if not isinstance(order, tuple) or sorted(order) != [0, 1, 2, 3] or any(type(i) is not int for i in order):
+        raise ValueError(f"order must be a tuple of the attribute indices 0, 1, 2, 3, each once, got {order!r}")
+    return order
 
 
 def check_name_words(name_words: int) -> None:
@@ -173,7 +199,7 @@ def make_knowledge_corpus(train_orders: int = 8, seed: int = 0, name_words: int 
         raise ValueError(f"train_orders must be at most {len(ORDERS) - 1} (24 orders, one kept for validation), "
                          f"got {train_orders}")
     check_name_words(name_words)
-    rng = random.Random(seed)
+    rng = random.Random(check_seed("seed", seed))
     entities = make_entities(seed, name_words)
     train, validation = [], []
     for entity in entities:
@@ -188,12 +214,13 @@ def make_knowledge_corpus(train_orders: int = 8, seed: int = 0, name_words: int 
 
 def value_words(domain: str | None = None) -> set[str]:
     """The answer words (attribute values) of one domain, or of all domains when ``domain`` is None."""
-    domains = DOMAINS if domain is None else (domain,)
+    domains = DOMAINS if domain is None else (check_choice("domain", domain, DOMAINS),)
     return {value for d in domains for values in ATTRIBUTES[d].values() for value in values}
 
 
 def document_facts(document: FactDocument) -> set[tuple[str, str, str]]:
     """The ``(entity, attribute, value)`` facts a document states, read back from its text."""
+    check_instance("document", document, FactDocument)
     words = document.text.split(" ")[2:]
     facts, i = set(), 0
     while i < len(words):

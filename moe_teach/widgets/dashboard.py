@@ -27,21 +27,18 @@ import torch
 from matplotlib.colors import to_rgb
 
 from ..lessons.plots import EXPERT_COLOURS
-from ..lessons.routing_analysis import (
+from ..lessons.routing_analysis import domain_examples, load_model, route_text, validation_corpus
+from ..lessons.routing_views import (
     RoutingTable,
     check_capacity_factor,
     check_layer,
     cooccurrence,
-    domain_examples,
     domain_expert_shares,
     expert_card,
-    load_model,
     mutual_information,
-    route_text,
     routing_entropy,
     routing_margin,
     routing_table,
-    validation_corpus,
 )
 from ..lessons.timing import time_callable
 from ..lm.data import DOMAINS

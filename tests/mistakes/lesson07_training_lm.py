@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 import moe_teach
+from moe_teach.lm.checkpoints import CHECKPOINT_FORMAT
 from moe_teach.lm.model import LanguageModel
-from moe_teach.lm.training import CHECKPOINT_FORMAT
 
 
 def _aux(model):

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from ...experts import Expert
+from ...lm.checkpoints import load_checkpoint, read_checkpoint
 from ...lm.model import LanguageModel, LMConfig
 from ...lm.tokenizer import WordTokenizer
-from ...lm.training import load_checkpoint, read_checkpoint
 from ...moe_layer import MoEConfig, MoELayer
 from ...transformer import BlockConfig, collect_aux_losses
 from .core import (

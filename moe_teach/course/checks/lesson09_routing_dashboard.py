@@ -8,7 +8,7 @@ from collections import Counter
 
 import torch
 
-from ...lessons.routing_analysis import cooccurrence, routing_entropy, top_tokens
+from ...lessons.routing_views import cooccurrence, routing_entropy, top_tokens
 from .core import Mistake, _call, _close, _diagnose, _expect_tensor, _max_diff, _seeded, register
 
 
