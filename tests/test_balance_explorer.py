@@ -102,7 +102,7 @@ def test_update_time_is_measured(explorer):
 
 
 def test_training_chart_has_step_ticks():
-    from moe_teach.widgets.balance import _step_ticks, svg_line_chart
+    from moe_teach.widgets.common import _step_ticks, svg_line_chart
 
     assert _step_ticks(80) == [0, 20, 40, 60]
     assert _step_ticks(1) == [0] and _step_ticks(6) == [0, 1, 2, 3, 4, 5]

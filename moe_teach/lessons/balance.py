@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -41,6 +40,7 @@ from ..validation import (
     check_text,
     check_top_k,
 )
+from .plots import axes_or_new
 from .timing import torch_threads
 
 MAX_POINTS = 10_000_000
@@ -252,13 +252,9 @@ def capacity_drops(expert_indices: torch.Tensor, num_experts: int,
 
 
 # ----------------------------------------------------------------------------- plots
-def _axes(ax, figsize=(5.5, 3.6)):
-    return plt.subplots(figsize=figsize)[1] if ax is None else ax
-
-
 def plot_utilisation(run: BalanceRun, ax=None, title: str = "Expert utilisation during training"):
     """Each expert's share of the routing assignments at every step, with the ``1/E`` line."""
-    ax = _axes(ax)
+    ax = axes_or_new(ax, figsize=(5.5, 3.6))
     shares = run.shares.numpy()
     for expert in range(shares.shape[1]):
         ax.plot(shares[:, expert], label=f"expert {expert}")
@@ -275,7 +271,7 @@ def plot_token_expert_heatmap(record: RoutingRecord, ax=None, max_tokens: int | 
     Shows the first ``max_tokens`` tokens of the record (all of them when ``None``). Tokens stay
     in batch order, because the capacity queue is in token order: drops gather at the end.
     """
-    ax = _axes(ax, figsize=(4, 6))
+    ax = axes_or_new(ax, figsize=(4, 6))
     tokens = record.num_tokens if max_tokens is None else min(max_tokens, record.num_tokens)
     weights = record.dense_weights()[:tokens].detach()                         # [tokens, E]
     image = ax.imshow(weights.numpy(), aspect="auto", cmap="Blues", vmin=0, vmax=1,
@@ -298,7 +294,7 @@ def plot_cluster_expert_heatmap(record: RoutingRecord, cluster: torch.Tensor, ax
     A token's ``k`` choices are distinct experts, so one expert holds at most ``1/k`` of a cluster's
     assignments: the colour scale runs from 0 to ``1/k``.
     """
-    ax = _axes(ax, figsize=(4, 5))
+    ax = axes_or_new(ax, figsize=(4, 5))
     num_clusters = int(cluster.max()) + 1
     counts = torch.zeros(num_clusters, record.num_experts)
     counts.index_put_((cluster.repeat_interleave(record.top_k), record.expert_indices.reshape(-1)),

@@ -19,8 +19,9 @@ ACCENT = "#d9480f"   # highlighted bars (chosen experts), also used by the explo
 MUTED = "#adb5bd"    # other bars
 
 
-def _axes(ax):
-    return plt.subplots(figsize=(4.5, 4))[1] if ax is None else ax
+def axes_or_new(ax, figsize=(4.5, 4)):
+    """``ax`` itself, or the axes of a new figure of ``figsize`` when ``ax`` is None."""
+    return plt.subplots(figsize=figsize)[1] if ax is None else ax
 
 
 def draw_region_boundaries(ax, names: bool = True, colour: str = "black"):
@@ -47,7 +48,7 @@ def plot_toy_task(data: ToyData, ax=None, title: str = "Toy task: target value o
 
     Pass the same ``vmin``/``vmax`` to neighbouring panels so equal colours mean equal values.
     """
-    ax = _axes(ax)
+    ax = axes_or_new(ax)
     points = ax.scatter(data.x[:, 0], data.x[:, 1], c=data.y[:, 0], cmap="viridis", s=6, vmin=vmin, vmax=vmax)
     ax.figure.colorbar(points, ax=ax, label="target y")
     ax.set(xlabel="x1", ylabel="x2", title=title)
@@ -61,7 +62,7 @@ def plot_on_grid(fn, ax=None, title: str = "", resolution: int = 101, vmin=None,
 
     ``boundary_colour``: colour of the dashed region boundaries (``"white"`` suits a dark image).
     """
-    ax = _axes(ax)
+    ax = axes_or_new(ax)
     _, _, points = input_grid(resolution)
     values = fn(points)[:, 0].reshape(resolution, resolution)
     image = ax.imshow(values, origin="lower", extent=(-1, 1, -1, 1), cmap="viridis", vmin=vmin, vmax=vmax)
@@ -81,7 +82,7 @@ def gate_probabilities_on_grid(layer, resolution: int = 101) -> torch.Tensor:
 def plot_gate_partition(layer, ax=None, resolution: int = 101,
                         title: str = "Gate partition: most probable expert"):
     """Colour each point of the plane by the expert the gate gives the highest probability."""
-    ax = _axes(ax)
+    ax = axes_or_new(ax)
     probs = gate_probabilities_on_grid(layer, resolution)
     num_experts = probs.shape[-1]
     colours = ListedColormap(EXPERT_COLOURS[:num_experts])
@@ -167,7 +168,7 @@ def plot_top_k_choices(probs, top_k: int, labels=None, title: str = "Gate probab
 
 def plot_gate_probabilities(probs, chosen=(), ax=None, title: str = "Gate probabilities"):
     """Bar chart of one token's ``[E]`` gate probabilities; experts in ``chosen`` highlighted."""
-    ax = _axes(ax)
+    ax = axes_or_new(ax)
     probs = torch.as_tensor(probs, dtype=torch.float32).detach()
     chosen = {int(i) for i in torch.as_tensor(chosen).reshape(-1).tolist()}
     colours = [ACCENT if e in chosen else MUTED for e in range(len(probs))]
@@ -183,7 +184,7 @@ def plot_gate_probabilities(probs, chosen=(), ax=None, title: str = "Gate probab
 
 def plot_losses(curves: dict, ax=None, title: str = "Training loss"):
     """Loss curves ``{label: [loss per step]}`` on a log scale."""
-    ax = _axes(ax)
+    ax = axes_or_new(ax)
     for label, losses in curves.items():
         ax.plot(losses, label=label)
     ax.set(xlabel="step", ylabel="mean squared error", yscale="log", title=title)

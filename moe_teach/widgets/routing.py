@@ -106,7 +106,7 @@ class RoutingState:
     error: str | None = None
 
 
-def build_layer(num_experts: int, top_k: int, output_dim: int, hidden_dim: int, seed: int) -> MoELayer:
+def explorer_layer(num_experts: int, top_k: int, output_dim: int, hidden_dim: int, seed: int) -> MoELayer:
     """A seeded ``MoELayer(10, output_dim, num_experts, top_k)`` in eval mode.
 
     The global random state is left as it was, so building it does not change a lesson's numbers.
@@ -153,7 +153,7 @@ class RoutingExplorer(widgets.VBox):
             widgets.HBox([self.experts_slider, self.k_slider]),
             self.message, self.chart, self.output_box, self.compute_box,
         ])
-        self.layer = build_layer(num_experts, top_k, output_dim, hidden_dim, seed)
+        self.layer = explorer_layer(num_experts, top_k, output_dim, hidden_dim, seed)
         self.state = RoutingState(values=list(EXAMPLES[example]), num_experts=num_experts, top_k=top_k)
         self._syncing = False
         self.example_dropdown.observe(self._on_example, names="value")
@@ -196,7 +196,7 @@ class RoutingExplorer(widgets.VBox):
         finally:
             self._syncing = False
         top_k = self.k_slider.value
-        self.layer = build_layer(num_experts, top_k, self.output_dim, self.hidden_dim, self.seed)
+        self.layer = explorer_layer(num_experts, top_k, self.output_dim, self.hidden_dim, self.seed)
         self.update()
 
     # --- computation and drawing ----------------------------------------------------------
