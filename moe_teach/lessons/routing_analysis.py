@@ -26,7 +26,7 @@ import torch
 
 from ..lm.checkpoints import check_path, load_checkpoint, save_checkpoint
 from ..lm.data import DOMAINS, Corpus, make_corpus
-from ..lm.model import LanguageModel, LMConfig
+from ..lm.model import LanguageModel, LMConfig, eval_mode
 from ..lm.tokenizer import WordTokenizer, split_words
 from ..lm.training import (
     TrainConfig,
@@ -167,8 +167,24 @@ def check_expert_list(name: str, experts, length: int) -> list[int]:
 
 
 # ----------------------------------------------------------------------------- one text
+class LayerShapes:
+    """Sizes read from ``probs [L, T, E]`` and ``experts [L, T, k]`` of a routing dataclass."""
+
+    @property
+    def num_layers(self) -> int:
+        return self.probs.shape[0]
+
+    @property
+    def num_experts(self) -> int:
+        return self.probs.shape[-1]
+
+    @property
+    def top_k(self) -> int:
+        return self.experts.shape[-1]
+
+
 @dataclass
-class TextRouting:
+class TextRouting(LayerShapes):
     """The routing of one text (``<bos>`` is routed too but not listed).
 
     Attributes:
@@ -195,18 +211,6 @@ class TextRouting:
         check_index_tensor("experts", self.experts, dims=3)
         check_float_tensor("weights", self.weights, min_dims=3)
         check_non_negative_int("cut", self.cut)
-
-    @property
-    def num_layers(self) -> int:
-        return self.probs.shape[0]
-
-    @property
-    def num_experts(self) -> int:
-        return self.probs.shape[-1]
-
-    @property
-    def top_k(self) -> int:
-        return self.experts.shape[-1]
 
     def first_choice(self, layer: int) -> list[int]:
         """``[T]`` each token's first-choice expert at ``layer``."""
@@ -241,13 +245,9 @@ def route_text(model: LanguageModel, tokenizer: WordTokenizer, text: str) -> Tex
     cut = max(0, len(words) - room)
     words = words[:room]
     ids = [tokenizer.bos_id] + [tokenizer.ids.get(w, tokenizer.unk_id) for w in words]
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch_threads(1):  # tiny matrices: extra threads only add synchronisation (and on a busy
             model(torch.tensor([ids]))  # machine can be many times slower)
-    finally:
-        model.train(was_training)
     records = [layer.last_record for layer in layers]
     return TextRouting(
         words=words,

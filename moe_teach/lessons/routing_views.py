@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..lm.data import DOMAINS, SHARED_WORDS, Corpus
-from ..lm.model import LanguageModel
+from ..lm.model import LanguageModel, eval_mode
 from ..lm.tokenizer import UNK, WordTokenizer
 from ..lm.training import (
     LMData,
@@ -33,6 +33,7 @@ from ..validation import (
 # ----------------------------------------------------------------------------- the model
 from .routing_analysis import (
     CACHE_ENV,
+    LayerShapes,
     TextRouting,
     cache_folder,
     check_expert_list,
@@ -49,7 +50,7 @@ from .timing import torch_threads
 
 
 @dataclass
-class RoutingTable:
+class RoutingTable(LayerShapes):
     """The routing of every real token of a set of documents.
 
     Attributes:
@@ -73,18 +74,6 @@ class RoutingTable:
         check_index_tensor("experts", self.experts, dims=3)
         check_words("vocab", self.vocab)
 
-    @property
-    def num_layers(self) -> int:
-        return self.probs.shape[0]
-
-    @property
-    def num_experts(self) -> int:
-        return self.probs.shape[-1]
-
-    @property
-    def top_k(self) -> int:
-        return self.experts.shape[-1]
-
     def first_choice(self, layer: int) -> torch.Tensor:
         """``[N]`` first-choice expert of every token at ``layer``."""
         return self.experts[layer, :, 0]
@@ -101,10 +90,8 @@ def collect_routing(model: LanguageModel, data: LMData, batch_size: int = 64) ->
     layers = moe_layers(model)
     if not layers:
         raise ValueError("the model has no MoE layers, so there is no routing to collect")
-    was_training = model.training
-    model.eval()
     ids, domains, probs, experts = [], [], [[] for _ in layers], [[] for _ in layers]
-    try:
+    with eval_mode(model):
         with torch_threads(1):  # see route_text
             for rows in torch.arange(len(data)).split(batch_size):
                 inputs, _, mask = data.batch(rows)
@@ -115,8 +102,6 @@ def collect_routing(model: LanguageModel, data: LMData, batch_size: int = 64) ->
                 for i, layer in enumerate(layers):
                     probs[i].append(layer.last_record.probs[real].float())
                     experts[i].append(layer.last_record.expert_indices[real])
-    finally:
-        model.train(was_training)
     return RoutingTable(torch.cat(ids), torch.cat(domains), torch.stack([torch.cat(p) for p in probs]),
                         torch.stack([torch.cat(e) for e in experts]))
 

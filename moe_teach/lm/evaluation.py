@@ -18,7 +18,7 @@ from ..validation import (
     check_positive_int,
 )
 from .data import DOMAINS
-from .model import LanguageModel
+from .model import LanguageModel, eval_mode
 from .training import LMData, check_model_and_data
 
 
@@ -28,12 +28,8 @@ def evaluate(model: LanguageModel, data: LMData, batch_size: int = 64) -> dict[s
     """Validation perplexity ``exp(mean next-token loss)`` per domain and over ``"all"`` (eval mode)."""
     check_model_and_data(model, data)
     check_positive_int("batch_size", batch_size)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         nll, count = _domain_nll(model, data, batch_size)
-    finally:
-        model.train(was_training)
     result = {name: math.exp(nll[i] / count[i]) for i, name in enumerate(DOMAINS) if count[i] > 0}
     result["all"] = math.exp(nll.sum() / count.sum())
     return result
@@ -85,9 +81,7 @@ def evaluate_answers(model: LanguageModel, data: LMData, batch_size: int = 64) -
     if data.answer_mask is None:
         raise ValueError("data has no answer_mask: encode it with answer_words (see prepare_knowledge)")
     check_positive_int("batch_size", batch_size)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         sums = {key: torch.zeros(len(DOMAINS), dtype=torch.float64)
                 for key in ("nll", "tokens", "answer_nll", "answers", "correct")}
         for rows in torch.arange(len(data)).split(batch_size):
@@ -102,8 +96,6 @@ def evaluate_answers(model: LanguageModel, data: LMData, batch_size: int = 64) -
                                        ("answer_nll", losses, answers), ("answers", torch.ones_like(losses), answers),
                                        ("correct", correct, answers)):
                 sums[key].index_add_(0, domains, (values * where).sum(dim=1))
-    finally:
-        model.train(was_training)
     result = {"perplexity": {}, "answer_loss": {}, "answer_accuracy": {}}
     for name, index in [*((d, i) for i, d in enumerate(DOMAINS)), ("all", slice(None))]:
         total = {key: float(value[index].sum()) for key, value in sums.items()}
@@ -127,17 +119,13 @@ def answer_experts(model: LanguageModel, data: LMData, layer: int = 0, batch_siz
     check_non_negative_int("layer", layer, maximum=len(layers) - 1)
     if data.answer_mask is None:
         raise ValueError("data has no answer_mask: encode it with answer_words (see prepare_knowledge)")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         chosen = []
         for rows in torch.arange(len(data)).split(batch_size):
             inputs, _, mask = data.batch(rows)
             model(inputs, token_mask=mask)
             answers = data.answer_mask[rows][:, : inputs.shape[1]].reshape(-1)
             chosen.append(layers[layer].last_record.expert_indices[answers, 0])
-    finally:
-        model.train(was_training)
     return torch.cat(chosen)
 
 
@@ -153,12 +141,8 @@ def domain_expert_counts(model: LanguageModel, data: LMData, batch_size: int = 6
     layers = moe_layers(model)
     if not layers:
         raise ValueError("the model has no MoE layers, so there is no routing to count")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return _count_domain_experts(model, layers, data, batch_size)
-    finally:
-        model.train(was_training)
 
 
 def _count_domain_experts(model: LanguageModel, layers: list, data: LMData, batch_size: int) -> torch.Tensor:

@@ -15,6 +15,7 @@ Generation helpers at the end: :func:`next_word_probabilities` and :func:`genera
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -28,6 +29,7 @@ from ..validation import (
     check_index_tensor,
     check_instance,
     check_keys,
+    check_module,
     check_non_negative_float,
     check_non_negative_int,
     check_parameter_budget,
@@ -136,6 +138,22 @@ class LanguageModel(nn.Module):
             )
 
 
+def eval_mode(model: nn.Module):
+    """``with eval_mode(model):`` runs the block in eval mode (no router noise), then restores the mode."""
+    check_module("model", model)
+    return _restoring_mode(model)
+
+
+@contextlib.contextmanager
+def _restoring_mode(model: nn.Module):
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def _init_weights(module: nn.Module) -> None:
     """GPT-2 style: normal(0, 0.02) for linear and embedding weights, zero biases."""
     if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -214,9 +232,7 @@ def generate(
     check_seed("seed", seed)
     ids, note = encode_prompt(tokenizer, prompt, model.config.max_seq_len)
     generator = torch.Generator().manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for _ in range(max_new_words):
             logits = _next_token_logits(model, ids)
             if temperature == 0:
@@ -227,8 +243,6 @@ def generate(
             if next_id == tokenizer.eos_id:
                 break
             ids.append(next_id)
-    finally:
-        model.train(was_training)
     return tokenizer.decode(ids), note
 
 
