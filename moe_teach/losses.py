@@ -60,12 +60,19 @@ def switch_load_balancing_loss(probs: torch.Tensor, expert_indices: torch.Tensor
         raise ValueError(
             f"expert_indices must have {probs.shape[0]} rows like probs, got shape {tuple(expert_indices.shape)}"
         )
-    probs = _masked(probs, token_mask)
-    expert_indices = _masked(expert_indices, token_mask)
-    num_experts = probs.shape[-1]
-    counts = torch.bincount(expert_indices.reshape(-1), minlength=num_experts).to(probs.dtype)
-    fraction_routed = counts / max(1, expert_indices.numel())      # f_i, divided by T * k
-    mean_prob = probs.mean(dim=0)                                  # P_i
+    num_tokens, num_experts = probs.shape
+    top_k = expert_indices.shape[-1]
+    if token_mask is None:
+        counts = torch.bincount(expert_indices.reshape(-1), minlength=num_experts).to(probs.dtype)
+        assignments = max(1, num_tokens * top_k)
+        mean_prob = probs.mean(dim=0)                                                # P_i
+    else:  # padding weighs 0: weighted sums instead of boolean indexing, which copies
+        real = check_mask("token_mask", token_mask, (num_tokens,)).to(probs.dtype)   # [T], 1 = real
+        counts = torch.bincount(expert_indices.reshape(-1), weights=real.repeat_interleave(top_k),
+                                minlength=num_experts)
+        assignments = (real.sum() * top_k).clamp_min(1)
+        mean_prob = (real @ probs) / real.sum()                                      # P_i
+    fraction_routed = counts / assignments                                           # f_i, divided by T * k
     return num_experts * (fraction_routed * mean_prob).sum()
 
 
@@ -103,8 +110,11 @@ def sequence_balance_loss(probs: torch.Tensor, expert_indices: torch.Tensor, seq
 def router_z_loss(logits: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over tokens of ``logsumexp(logits, -1) ** 2``; ``logits`` ``[T, E]``."""
     check_float_tensor("logits", logits, min_dims=2)
-    logits = _masked(logits.float(), token_mask)
-    return torch.logsumexp(logits, dim=-1).square().mean()
+    squared = torch.logsumexp(logits.float(), dim=-1).square()                    # [T]
+    if token_mask is None:
+        return squared.mean()
+    real = check_mask("token_mask", token_mask, squared.shape).to(squared.dtype)
+    return (squared * real).sum() / real.sum()
 
 
 def cv_squared(values: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:

@@ -9,6 +9,7 @@ auxiliary losses across layers so one training step can add them to the task los
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -17,6 +18,7 @@ from torch import nn
 
 from .experts import ACTIVATIONS, Expert
 from .moe_layer import MoEConfig, MoELayer
+from .routing import RoutingRecord
 from .validation import (
     check_choice,
     check_float_tensor,
@@ -148,16 +150,40 @@ def moe_layers(model: nn.Module) -> list[MoELayer]:
     return [m for m in model.modules() if isinstance(m, MoELayer)]
 
 
-def collect_aux_losses(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Sum each auxiliary loss over all MoE layers' latest forward pass (empty dict if none).
+def collect_aux_losses(model: nn.Module) -> SummedAuxLosses:
+    """Sum each auxiliary loss over all MoE layers' latest forward pass (empty if none).
 
     Each layer's loss is computed on its own routing and then added: layers are not pooled
-    into one big batch of logits.
+    into one big batch of logits. The result reads like a dict (``aux["switch"]``); each total
+    is summed when first read, so a training loop that adds two of the four losses a router
+    declares computes only those two.
     """
-    totals: dict[str, torch.Tensor] = {}
-    for layer in moe_layers(model):
-        if layer.last_record is None:
-            continue
-        for name, value in layer.last_record.aux_losses.items():
-            totals[name] = totals[name] + value if name in totals else value
-    return totals
+    return SummedAuxLosses([layer.last_record for layer in moe_layers(model) if layer.last_record is not None])
+
+
+class SummedAuxLosses(Mapping):
+    """Name -> the sum of that auxiliary loss over the given routing records, computed when first read."""
+
+    def __init__(self, records: list):
+        if not isinstance(records, list) or not all(isinstance(record, RoutingRecord) for record in records):
+            raise TypeError(f"records must be a list of RoutingRecord, got {type(records).__name__}")
+        self._records = records
+        self._names = tuple(dict.fromkeys(name for record in records for name in record.aux_losses))
+        self._totals: dict[str, torch.Tensor] = {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._totals:
+            values = [record.aux_losses[name] for record in self._records if name in record.aux_losses]
+            if not values:
+                raise KeyError(name)
+            self._totals[name] = sum(values[1:], values[0])
+        return self._totals[name]
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __repr__(self) -> str:
+        return f"SummedAuxLosses({list(self._names)!r} over {len(self._records)} layer(s))"

@@ -54,3 +54,16 @@ def test_op_counts_count_kernel_calls():
     assert gap.count_aten_ops(lambda: a + b) == 1
     counts = gap.aten_op_counts(tokens=32, dim=8, hidden=8, num_experts=4, top_k=2)
     assert counts["moe"] > counts["dense-active"] > 0
+
+
+def test_the_boolean_indexed_losses_equal_the_weighted_ones():
+    torch.manual_seed(0)
+    logits = torch.randn(30, 4)
+    probs = logits.softmax(-1)
+    indices = probs.topk(2, dim=-1).indices
+    mask = torch.rand(30) > 0.3
+    from moe_teach.losses import router_z_loss, switch_load_balancing_loss
+    weighted = switch_load_balancing_loss(probs, indices, mask) + router_z_loss(logits, mask)
+    assert torch.allclose(gap.switch_z_boolean_indexed(probs, logits, indices, mask), weighted)
+    unmasked = switch_load_balancing_loss(probs, indices) + router_z_loss(logits)
+    assert not torch.allclose(unmasked, weighted)  # the padding rows really are left out

@@ -191,6 +191,7 @@ SPECS = [
          dict(x=torch.randn(2, 3, 8), token_mask=None)),
     Spec("moe_layers", mt.moe_layers, dict(model=mt.TransformerBlock(BLOCK))),
     Spec("collect_aux_losses", mt.collect_aux_losses, dict(model=mt.TransformerBlock(BLOCK))),
+    Spec("SummedAuxLosses", transformer.SummedAuxLosses, dict(records=[_layer()(X, return_record=True)[1]])),
     Spec("count_parameters", mt.count_parameters, dict(module=mt.Expert(4, 4))),
     Spec("active_parameters", mt.active_parameters, dict(model=mt.TransformerBlock(BLOCK))),
     Spec("ffn_flops_per_token", mt.ffn_flops_per_token,

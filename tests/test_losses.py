@@ -175,6 +175,40 @@ def test_a_lazy_loss_is_computed_once_and_only_when_read():
         record.aux_losses["not-a-loss"]
 
 
+def test_collected_losses_are_summed_only_when_read():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(TransformerBlock(BlockConfig()), TransformerBlock(BlockConfig()))
+    model(torch.randn(2, 8, 64))
+    aux = collect_aux_losses(model)
+    assert list(aux) == ["switch", "z", "importance", "load"] and len(aux) == 4
+    aux["switch"]
+    for block in model:  # the training loop reads two losses: the other two are never computed
+        assert block.feed_forward.last_record.aux_losses.computed() == ("switch",)
+    assert aux["switch"] is aux["switch"]
+    with pytest.raises(KeyError):
+        aux["sequence"]
+    assert collect_aux_losses(torch.nn.Linear(2, 2)) == {}
+
+
+def _boolean_indexed_switch(probs, expert_indices, token_mask):
+    """The loss as the course first wrote it: drop the padding rows, then the unmasked formula."""
+    return switch_loss(probs[token_mask], expert_indices[token_mask])
+
+
+def test_masked_losses_equal_the_loss_over_the_real_tokens_only():
+    torch.manual_seed(0)
+    logits = torch.randn(40, 5, dtype=torch.float64)
+    probs = logits.softmax(-1)
+    indices = probs.topk(2, dim=-1).indices
+    for mask in (torch.rand(40) > 0.3, torch.ones(40, dtype=torch.bool), torch.arange(40) == 7):
+        assert torch.allclose(switch_loss(probs, indices, mask), _boolean_indexed_switch(probs, indices, mask))
+        assert torch.allclose(router_z_loss(logits, mask), router_z_loss(logits[mask]))
+    mask = torch.rand(40) > 0.3
+    weighted, = torch.autograd.grad(switch_loss(probs.requires_grad_(), indices, mask), probs)
+    indexed, = torch.autograd.grad(_boolean_indexed_switch(probs, indices, mask), probs)
+    assert torch.allclose(weighted, indexed) and weighted[~mask].abs().max() == 0
+
+
 def test_a_lazy_loss_read_under_no_grad_keeps_the_forward_passes_gradient():
     torch.manual_seed(0)
     layer = MoELayer(6, 6, num_experts=4, top_k=2)

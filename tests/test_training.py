@@ -215,6 +215,20 @@ def test_a_continued_schedule_equals_an_uninterrupted_one(prepared):
     assert not all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), fresh.state_dict().values()))
 
 
+def test_the_fused_optimizer_takes_the_steps_of_plain_adamw(prepared):
+    from moe_teach.lm.training import make_optimizer
+
+    config = TrainConfig(steps=3, batch_size=4, warmup_steps=1, lr=1e-2)
+    fused_model, plain_model = build_model(tiny_config(prepared), seed=2), build_model(tiny_config(prepared), seed=2)
+    fused = make_optimizer(fused_model, config)
+    assert fused.defaults["fused"] is True
+    plain = torch.optim.AdamW(plain_model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    train_model(fused_model, prepared.train, config, progress=False, optimizer=fused)
+    train_model(plain_model, prepared.train, config, progress=False, optimizer=plain)
+    for (name, a), b in zip(fused_model.state_dict().items(), plain_model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), name
+
+
 def test_bad_step_ranges(prepared):
     model = build_model(tiny_config(prepared), seed=0)
     config = TrainConfig(steps=4, batch_size=2, warmup_steps=1)

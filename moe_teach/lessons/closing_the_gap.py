@@ -11,7 +11,11 @@ Each measurement times the same work done two ways, the way the layer used to do
 * ``combine``: the grouped dispatch's last stage, filling zeros and copying the outputs into
   them (before) or gathering them with the inverse permutation (after);
 * ``fused_swiglu``: SwiGLU's gate and up projections as two matmuls (kept) or as one matmul
-  with the two weights concatenated (tried).
+  with the two weights concatenated (tried);
+* ``masked_losses``: the Switch and z losses of a padded batch, padding dropped by boolean
+  indexing (before, :func:`switch_z_boolean_indexed`) or weighted by 0 (after), fwd+bwd;
+* ``optimizer``: one AdamW step over the MoE layer's parameters, a loop of about ten small
+  operations per parameter tensor (before) or one fused kernel (after, ``fused=True``).
 
 :func:`aten_op_counts` counts the tensor operations of a forward+backward (a dispatch mode):
 at small sizes each one costs microseconds whatever its size, which is most of what is left.
@@ -25,10 +29,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..dispatch import SortedAssignments, combine, run_experts, sort_by_expert
 from ..experts import Expert
+from ..losses import router_z_loss, switch_load_balancing_loss
 from ..moe_layer import MoELayer
 from .timing import compare
 
-GAP_CASES = ("aux_train", "aux_eval", "combine", "fused_swiglu")
+GAP_CASES = ("aux_train", "aux_eval", "combine", "fused_swiglu", "masked_losses", "optimizer")
 
 
 def combine_zero_fill(sorted_out: torch.Tensor, sorted_in: SortedAssignments, weights: torch.Tensor) -> torch.Tensor:
@@ -48,6 +53,43 @@ def swiglu_fused(expert: Expert, x: torch.Tensor) -> torch.Tensor:
     """``expert``'s SwiGLU output with gate and up as one matmul on the concatenated ``[2H, D]`` weight."""
     gate, up = F.linear(x, torch.cat([expert.gate.weight, expert.up.weight])).chunk(2, dim=-1)
     return expert.down(F.silu(gate) * up)
+
+
+def switch_z_boolean_indexed(probs: torch.Tensor, logits: torch.Tensor, expert_indices: torch.Tensor,
+                             token_mask: torch.Tensor) -> torch.Tensor:
+    """Switch + z loss over the real tokens, padding removed first by boolean indexing.
+
+    ``probs``/``logits`` ``[T, E]``, ``expert_indices`` ``[T, k]``, ``token_mask`` ``[T]``.
+    Each ``tensor[token_mask]`` counts the True entries and copies the rows it keeps; the
+    package's losses weight each token by 0 or 1 instead.
+    """
+    probs, logits, expert_indices = probs[token_mask], logits[token_mask], expert_indices[token_mask]
+    return switch_load_balancing_loss(probs, expert_indices) + router_z_loss(logits)
+
+
+def _masked_losses(layer: MoELayer, x: torch.Tensor, boolean_indexed: bool, seed: int):
+    token_mask = torch.rand(x.shape[0], generator=torch.Generator().manual_seed(seed)) > 0.2  # 20% padding
+    with torch.no_grad():
+        routed = layer.router(x)
+    logits = routed.logits.detach().requires_grad_(True)
+
+    def run():
+        probs = logits.softmax(dim=-1)
+        if boolean_indexed:
+            loss = switch_z_boolean_indexed(probs, logits, routed.expert_indices, token_mask)
+        else:
+            loss = (switch_load_balancing_loss(probs, routed.expert_indices, token_mask)
+                    + router_z_loss(logits, token_mask))
+        loss.backward()
+    return run
+
+
+def _optimizer_step(layer: MoELayer, fused: bool):
+    parameters = [torch.nn.Parameter(p.detach().clone()) for p in layer.parameters()]
+    for parameter in parameters:
+        parameter.grad = torch.randn_like(parameter)
+    optimizer = torch.optim.AdamW(parameters, lr=1e-4, fused=fused)
+    return optimizer.step
 
 
 def _step(layer: MoELayer, x: torch.Tensor, read_all: bool):
@@ -104,6 +146,8 @@ def gap_measurements(tokens: int = 1024, dim: int = 128, hidden: int = 128, num_
         "aux_eval": (_eval_forward(layer, x, read_all=True), _eval_forward(layer, x, read_all=False)),
         "combine": (_dispatch(layer, x, combine_zero_fill), _dispatch(layer, x, combine)),
         "fused_swiglu": (_swiglu(swiglu, x, fused=False), _swiglu(swiglu, x, fused=True)),
+        "masked_losses": (_masked_losses(layer, x, True, seed), _masked_losses(layer, x, False, seed)),
+        "optimizer": (_optimizer_step(layer, fused=False), _optimizer_step(layer, fused=True)),
     }
     cases = {(name, when): fn for name, pair in ways.items() for when, fn in zip(("before", "after"), pair)}
     cases[("dense_active", "after")] = _dense_step(dense, x)

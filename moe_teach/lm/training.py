@@ -228,10 +228,15 @@ class History:
 
 
 def make_optimizer(model: LanguageModel, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over every parameter with ``config``'s weight decay (the learning rate is set each step)."""
+    """AdamW over every parameter with ``config``'s weight decay (the learning rate is set each step).
+
+    ``fused=True`` updates all parameters in one kernel instead of about ten small operations
+    per parameter tensor: an MoE model has many small tensors (four per expert), so this
+    matters more for it than for its dense twin.
+    """
     check_instance("model", model, torch.nn.Module)
     check_instance("config", config, TrainConfig)
-    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 
 def train_model(
