@@ -18,7 +18,14 @@ from tqdm.auto import tqdm
 
 from ..bias_balancing import update_selection_biases
 from ..lm.model import LanguageModel, lm_loss
-from ..lm.training import LMData, TrainConfig, batch_schedule, check_model_and_data, learning_rate
+from ..lm.training import (
+    LMData,
+    TrainConfig,
+    batch_schedule,
+    check_model_and_data,
+    learning_rate,
+    make_optimizer,
+)
 from ..transformer import collect_aux_losses, moe_layers
 from ..validation import (
     check_bool,
@@ -61,7 +68,7 @@ def train_with_balancing(model: LanguageModel, data: LMData, config: TrainConfig
     check_text("desc", desc)
     if bias_rate is not None:
         check_positive_float("bias_rate", bias_rate)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(model, config)
     history = BalanceHistory()
     model.train()
     for step, rows in enumerate(tqdm(batch_schedule(len(data), config.steps, config.batch_size, config.seed),
