@@ -162,7 +162,11 @@ def collect_aux_losses(model: nn.Module) -> SummedAuxLosses:
 
 
 class SummedAuxLosses(Mapping):
-    """Name -> the sum of that auxiliary loss over the given routing records, computed when first read."""
+    """Name -> the sum of that auxiliary loss over the given routing records, computed when first read.
+
+    The sum is taken with the gradient mode in force when the mapping was made (just after the
+    forward pass), as :class:`~moe_teach.losses.LazyAuxLosses` does for each layer's loss.
+    """
 
     def __init__(self, records: list):
         if not isinstance(records, list) or not all(isinstance(record, RoutingRecord) for record in records):
@@ -170,13 +174,15 @@ class SummedAuxLosses(Mapping):
         self._records = records
         self._names = tuple(dict.fromkeys(name for record in records for name in record.aux_losses))
         self._totals: dict[str, torch.Tensor] = {}
+        self._grad_enabled = torch.is_grad_enabled()
 
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self._totals:
             values = [record.aux_losses[name] for record in self._records if name in record.aux_losses]
             if not values:
                 raise KeyError(name)
-            self._totals[name] = sum(values[1:], values[0])
+            with torch.set_grad_enabled(self._grad_enabled):
+                self._totals[name] = sum(values[1:], values[0])
         return self._totals[name]
 
     def __iter__(self):

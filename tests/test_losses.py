@@ -188,6 +188,10 @@ def test_collected_losses_are_summed_only_when_read():
     with pytest.raises(KeyError):
         aux["sequence"]
     assert collect_aux_losses(torch.nn.Linear(2, 2)) == {}
+    aux = collect_aux_losses(model)
+    with torch.no_grad():  # read late, e.g. by a logging hook: the total keeps the forward pass's graph
+        late = aux["z"]
+    assert late.requires_grad
 
 
 def _boolean_indexed_switch(probs, expert_indices, token_mask):
