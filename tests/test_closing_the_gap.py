@@ -67,3 +67,18 @@ def test_the_boolean_indexed_losses_equal_the_weighted_ones():
     assert torch.allclose(gap.switch_z_boolean_indexed(probs, logits, indices, mask), weighted)
     unmasked = switch_load_balancing_loss(probs, indices) + router_z_loss(logits)
     assert not torch.allclose(unmasked, weighted)  # the padding rows really are left out
+
+
+def test_the_batched_experts_compute_what_the_loop_over_experts_computes():
+    torch.manual_seed(0)
+    layer = MoELayer(8, num_experts=4, top_k=2, hidden_dim=16, activation="gelu")
+    slices = torch.randn(4 * 5, 8)
+    sorted_in = gap.SortedAssignments(torch.arange(20), [5] * 4, slices, 2)
+    batched = gap.batched_experts(gap.stack_expert_weights(layer.experts), slices.view(4, 5, 8))
+    assert torch.allclose(batched.reshape(20, 8), run_experts(layer.experts, sorted_in), atol=1e-6)
+
+
+def test_the_floor_times_every_way():
+    result = gap.expert_loop_floor(tokens=16, dim=8, hidden=8, num_experts=4, top_k=2, repeats=1)
+    assert set(result) == {"dense_active", "expert_loop", "batched", "moe_layer"}
+    assert all(seconds > 0 for seconds in result.values())

@@ -19,6 +19,8 @@ Each measurement times the same work done two ways, the way the layer used to do
 
 :func:`aten_op_counts` counts the tensor operations of a forward+backward (a dispatch mode):
 at small sizes each one costs microseconds whatever its size, which is most of what is left.
+:func:`expert_loop_floor` times the experts' matmuls alone (routing and dispatch free), as a
+loop over experts and as one batched matmul, against the dense-active feed-forward.
 """
 
 from __future__ import annotations
@@ -196,3 +198,53 @@ def count_aten_ops(fn) -> int:
     with _OpCounter() as counter:
         fn()
     return counter.count
+
+
+def stack_expert_weights(experts) -> dict[str, torch.Tensor]:
+    """Copies of GELU/ReLU :class:`Expert` weights stacked for ``torch.baddbmm``, as new leaf tensors.
+
+    ``up_w`` ``[E, D, H]``, ``up_b`` ``[E, 1, H]``, ``down_w`` ``[E, H, O]``, ``down_b`` ``[E, 1, O]``.
+    """
+    def stack(tensors):
+        return torch.stack([t.detach() for t in tensors]).requires_grad_(True)
+    return {"up_w": stack(e.up.weight.t() for e in experts), "up_b": stack(e.up.bias.unsqueeze(0) for e in experts),
+            "down_w": stack(e.down.weight.t() for e in experts),
+            "down_b": stack(e.down.bias.unsqueeze(0) for e in experts)}
+
+
+def batched_experts(weights: dict[str, torch.Tensor], chunks: torch.Tensor, activation: str = "gelu") -> torch.Tensor:
+    """Every expert on its own equal slice at once: ``chunks`` ``[E, n, D]`` -> ``[E, n, O]``."""
+    pre = torch.baddbmm(weights["up_b"], chunks, weights["up_w"])                    # [E, n, H]
+    hidden_out = F.gelu(pre) if activation == "gelu" else F.relu(pre)
+    return torch.baddbmm(weights["down_b"], hidden_out, weights["down_w"])
+
+
+def expert_loop_floor(tokens: int = 1024, dim: int = 128, hidden: int = 128, num_experts: int = 8, top_k: int = 2,
+                      repeats: int = 12, seed: int = 0) -> dict[str, float]:
+    """Median seconds, forward+backward, of the same expert FLOPs done three ways, plus the whole layer.
+
+    * ``"dense_active"``: one GELU feed-forward of width ``top_k * hidden`` on ``tokens`` rows;
+    * ``"expert_loop"``: ``num_experts`` :class:`Expert` modules, each on an equal slice of the
+      ``tokens * top_k`` rows (:func:`~moe_teach.dispatch.run_experts`, routing and sorting free);
+    * ``"batched"``: the same weights stacked (:func:`stack_expert_weights`), one ``torch.baddbmm``
+      chain over all slices at once (:func:`batched_experts`);
+    * ``"moe_layer"``: the whole layer's training step (it reads the Switch and z losses).
+
+    Timed in interleaved rounds (:func:`~moe_teach.lessons.timing.compare`).
+    """
+    torch.manual_seed(seed)
+    layer = MoELayer(dim, num_experts=num_experts, top_k=top_k, hidden_dim=hidden, activation="gelu")
+    dense = Expert(dim, top_k * hidden, dim, "gelu")
+    per_expert = tokens * top_k // num_experts                                       # rows per slice
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, dim, generator=generator, requires_grad=True)
+    slices = torch.randn(per_expert * num_experts, dim, generator=generator, requires_grad=True)
+    sorted_in = SortedAssignments(torch.arange(slices.shape[0]), [per_expert] * num_experts, slices, top_k)
+    weights = stack_expert_weights(layer.experts)
+    chunks = slices.view(num_experts, per_expert, dim)                               # [E, n, D]
+    cases = {"dense_active": _dense_step(dense, x),
+             "expert_loop": lambda: run_experts(layer.experts, sorted_in).sum().backward(),
+             "batched": lambda: batched_experts(weights, chunks).sum().backward(),
+             "moe_layer": _step(layer, x, read_all=False)}
+    timings = compare(cases, repeats=repeats, warmup=2, rounds=repeats, seed=seed)
+    return {name: timing.median for name, timing in timings.items()}
