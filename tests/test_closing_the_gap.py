@@ -45,7 +45,7 @@ def test_gap_measurements_time_every_case_both_ways():
     result = gap.gap_measurements(tokens=32, dim=8, hidden=8, num_experts=4, top_k=2, repeats=1)
     assert set(result) == set(gap.GAP_CASES) | {"moe_vs_dense"}
     for name in gap.GAP_CASES:
-        assert result[name]["before"] > 0 and result[name]["after"] > 0
+        assert result[name]["before"] > 0 and result[name]["after"] > 0 and result[name]["noise"] >= 0
     assert result["moe_vs_dense"]["moe"] == result["aux_train"]["after"]
 
 
@@ -82,3 +82,10 @@ def test_the_floor_times_every_way():
     result = gap.expert_loop_floor(tokens=16, dim=8, hidden=8, num_experts=4, top_k=2, repeats=1)
     assert set(result) == {"dense_active", "expert_loop", "batched", "moe_layer"}
     assert all(seconds > 0 for seconds in result.values())
+
+
+def test_relative_iqr_measures_the_middle_half_of_the_timings():
+    assert gap.relative_iqr([1.0, 1.0, 1.0, 1.0]) == 0.0
+    assert gap.relative_iqr([1.0, 2.0, 3.0, 4.0, 5.0]) == (4.0 - 2.0) / 3.0
+    assert gap.relative_iqr([1.0, 1.0, 1.0, 1.0, 100.0]) == 0.0   # one outlier does not count
+    assert gap.relative_iqr([2.0]) == 0.0

@@ -25,6 +25,8 @@ loop over experts and as one batched matmul, against the dense-active feed-forwa
 
 from __future__ import annotations
 
+import statistics
+
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -131,7 +133,10 @@ def _swiglu(expert: Expert, x: torch.Tensor, fused: bool):
 
 def gap_measurements(tokens: int = 1024, dim: int = 128, hidden: int = 128, num_experts: int = 8, top_k: int = 2,
                      repeats: int = 20, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Median seconds ``{case: {"before": s, "after": s}}`` for each of :data:`GAP_CASES`.
+    """Median seconds ``{case: {"before": s, "after": s, "noise": r}}`` for each of :data:`GAP_CASES`.
+
+    ``noise`` is the larger of the two ways' interquartile range over their median
+    (:func:`relative_iqr`): an after/before ratio closer to 1 than that is not an effect.
 
     Also ``"moe_vs_dense"``: ``{"moe": s, "dense_active": s}``, the layer's training step as it
     is now (``aux_train``'s ``after``) and the dense-active feed-forward's, timed in the same
@@ -155,9 +160,19 @@ def gap_measurements(tokens: int = 1024, dim: int = 128, hidden: int = 128, num_
     cases[("dense_active", "after")] = _dense_step(dense, x)
     timings = compare(cases, repeats=repeats, warmup=2, rounds=repeats, seed=seed)
     result = {name: {when: timings[(name, when)].median for when in ("before", "after")} for name in ways}
+    for name, measured in result.items():
+        measured["noise"] = max(relative_iqr(timings[(name, when)].times) for when in ("before", "after"))
     result["moe_vs_dense"] = {"moe": result["aux_train"]["after"],
                               "dense_active": timings[("dense_active", "after")].median}
     return result
+
+
+def relative_iqr(times: list[float]) -> float:
+    """``(75th - 25th percentile) / median`` of repeated timings: how much one run's repeats wander."""
+    if len(times) < 2:
+        return 0.0
+    q1, q2, q3 = statistics.quantiles(times, n=4, method="inclusive")
+    return (q3 - q1) / q2 if q2 > 0 else 0.0
 
 
 def _dense_step(dense: Expert, x: torch.Tensor):
