@@ -67,3 +67,13 @@ def test_leftovers_names_the_offending_cell():
     }
     found = leftovers(nb)
     assert len(found) == 2 and all(line.startswith("cell 1 (code, starts 'x = 1')") for line in found)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.relative_to(ROOT).as_posix() for p in NOTEBOOKS])
+def test_every_cell_has_a_unique_id(path):
+    """nbformat 4.5 cells carry an ``id``; without one Jupyter warns (and will refuse the file)."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    ids = [cell.get("id") for cell in nb["cells"]]
+    missing = [index for index, cell_id in enumerate(ids) if not cell_id]
+    assert not missing, f"{path.relative_to(ROOT).as_posix()}: cells {missing} have no id"
+    assert len(set(ids)) == len(ids), f"{path.relative_to(ROOT).as_posix()}: repeated cell ids"
