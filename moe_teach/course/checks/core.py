@@ -290,6 +290,12 @@ def _max_diff(a, b) -> float:
     return float((torch.as_tensor(a).detach().double() - torch.as_tensor(b).detach().double()).abs().max())
 
 
+def _values_differ(out, expected, reference: str | None = None) -> str:
+    """The message for an output of the right shape whose values differ from ``reference``'s."""
+    against = f" from {reference}" if reference else ""
+    return f"the shape is right but the values differ{against} (largest difference {_max_diff(out, expected):.3g})"
+
+
 def _has_grad(tensor_or_module) -> bool:
     params = tensor_or_module.parameters() if isinstance(tensor_or_module, nn.Module) else [tensor_or_module]
     return any(p.grad is not None and bool((p.grad != 0).any()) for p in params)

@@ -5,7 +5,17 @@ from __future__ import annotations
 import torch
 
 from ...experts import Expert, expert_parameter_count
-from .core import Mistake, _call, _clone, _close, _diagnose, _expect_tensor, _max_diff, _seeded, register
+from .core import (
+    Mistake,
+    _call,
+    _clone,
+    _close,
+    _diagnose,
+    _expect_tensor,
+    _seeded,
+    _values_differ,
+    register,
+)
 
 
 def _expert_weights(expert: Expert) -> list[torch.Tensor]:
@@ -70,8 +80,7 @@ def _check_relu_expert(fn):
             "missing_down_bias": down(torch.relu(up), bias=False),
         }
         _diagnose(out, candidates, messages, (
-            "wrong_values", (f"the shape is right but the values differ from the reference expert "
-                             f"(largest difference {_max_diff(out, expected):.3g})"),
+            "wrong_values", _values_differ(out, expected, "the reference expert"),
             "Check the three steps of down(relu(up(x))) one at a time on a single token: which weight "
             "each projection uses, where each bias is added, and that the ReLU sits in between."), keys)
 
@@ -117,8 +126,7 @@ def _check_swiglu_expert(fn):
             "silu_on_both": (silu(gate) * silu(up)) @ down_w.T,
         }
         _diagnose(out, candidates, messages, (
-            "wrong_values", (f"the shape is right but the values differ from the reference SwiGLU expert "
-                             f"(largest difference {_max_diff(out, expected):.3g})"),
+            "wrong_values", _values_differ(out, expected, "the reference SwiGLU expert"),
             "Check the steps one at a time on a single token: which weight each projection uses, which "
             "branch gets the SiLU, how the two branches are combined (element-wise), then the down "
             "projection."))

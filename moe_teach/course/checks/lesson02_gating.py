@@ -15,6 +15,7 @@ from .core import (
     _has_grad,
     _max_diff,
     _seeded,
+    _values_differ,
     register,
 )
 
@@ -96,8 +97,7 @@ def _check_soft_mixture(fn):
                                                                                    num_experts))],
             }
             _diagnose(out, candidates, messages, (
-                "wrong_values", (f"the shape is right but the values differ from the soft mixture "
-                                f"(largest difference {_max_diff(out, expected):.3g})"),
+                "wrong_values", _values_differ(out, expected, "the soft mixture"),
                 "Each token's output weights every expert's output by that token's probability for that "
                 "expert; check that the probabilities line up with the experts and which dimension you "
                 "sum over."))

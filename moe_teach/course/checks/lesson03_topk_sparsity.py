@@ -20,6 +20,7 @@ from .core import (
     _has_grad,
     _max_diff,
     _seeded,
+    _values_differ,
     register,
 )
 
@@ -205,8 +206,7 @@ def _check_sparse_moe_forward(fn):
                 "first_choice_only": chosen_outputs[:, 0] * weights[:, :1],
             }
             _diagnose(out, candidates, messages, (
-                "wrong_values", (f"the shape is right but the values differ from the reference top-{k} layer "
-                                f"(largest difference {_max_diff(out, expected):.3g})"),
+                "wrong_values", _values_differ(out, expected, f"the reference top-{k} layer"),
                 "Follow one token by hand: the experts your top_k_routing chose, their weights, and "
                 "that each chosen expert's output is scaled by the weight of that same expert."))
         _backward(out, "the experts and the router")

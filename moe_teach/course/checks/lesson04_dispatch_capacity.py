@@ -9,7 +9,17 @@ import torch
 from ...dispatch import dispatch_grouped
 from ...experts import make_experts
 from ...routing import apply_capacity, expert_capacity, topk_softmax
-from .core import Mistake, _backward, _call, _close, _diagnose, _expect_tensor, _max_diff, _seeded, register
+from .core import (
+    Mistake,
+    _backward,
+    _call,
+    _close,
+    _diagnose,
+    _expect_tensor,
+    _seeded,
+    _values_differ,
+    register,
+)
 
 
 def _check_capacity_per_expert(fn):
@@ -176,8 +186,7 @@ def _check_dispatch_with_capacity(fn):
                 f"token {t} was dropped by all its experts, yet its output is not zero",
                 "A token whose every assignment was dropped gets an all-zero MoE output."))
         _diagnose(out, candidates, messages, (
-            "wrong_values", (f"the shape is right but the values differ from the reference dispatch "
-                            f"(largest difference {_max_diff(out, expected):.3g})"),
+            "wrong_values", _values_differ(out, expected, "the reference dispatch"),
             "Follow one token by hand: each kept slot adds its expert's output scaled by that slot's "
             "weight; a dropped slot adds nothing."))
 
@@ -249,8 +258,7 @@ def _check_sorted_dispatch(fn):
         _expect_tensor(out, expected.shape, "The output is [tokens, output_dim].")
         if not _close(out, expected):
             _diagnose(out, candidates, messages, (
-                "wrong_values", (f"the shape is right but the values differ from the reference dispatch "
-                                f"(largest difference {_max_diff(out, expected):.3g})"),
+                "wrong_values", _values_differ(out, expected, "the reference dispatch"),
                 "Follow one assignment through: its position after the sort, the token row it reads, the "
                 "expert slice it falls in, its weight, and where it goes back before the sum over k."))
         counts = torch.bincount(indices.reshape(-1), minlength=num_experts).tolist()

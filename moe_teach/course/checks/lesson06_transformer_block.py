@@ -15,8 +15,8 @@ from .core import (
     _expect_scalar,
     _expect_tensor,
     _how_far,
-    _max_diff,
     _seeded,
+    _values_differ,
     register,
 )
 
@@ -88,8 +88,7 @@ def _check_block_forward(fn):
         _expect_tensor(out, expected.shape, "The block keeps the shape of its input: [batch, seq, dim].")
         if not _close(out, expected):
             _diagnose(out, candidates, messages, (
-                "wrong_values", (f"the shape is right but the values differ from the reference block "
-                                f"(largest difference {_max_diff(out, expected):.3g})"),
+                "wrong_values", _values_differ(out, expected, "the reference block"),
                 "Check the order of the parts: each sub-layer reads its own norm of the current "
                 "stream, and the feed-forward step starts from the output of the attention step."))
 

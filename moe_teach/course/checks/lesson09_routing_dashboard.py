@@ -9,7 +9,16 @@ from collections import Counter
 import torch
 
 from ...lessons.routing_views import cooccurrence, routing_entropy, top_tokens
-from .core import Mistake, _call, _close, _diagnose, _expect_tensor, _max_diff, _seeded, register
+from .core import (
+    Mistake,
+    _call,
+    _close,
+    _diagnose,
+    _expect_tensor,
+    _seeded,
+    _values_differ,
+    register,
+)
 
 
 def _entropy_cases():
@@ -45,8 +54,7 @@ def _check_routing_entropy(fn):
         if not _close(out, expected):
             _diagnose(out, {"bits": expected / math.log(2), "sign": -expected,
                             "mean_not_sum": expected / probs.shape[1]}, messages, (
-                "wrong_values", f"the shape is right but the values differ (largest difference "
-                f"{_max_diff(out, expected):.3g})",
+                "wrong_values", _values_differ(out, expected),
                 "Per token: minus the sum over experts of p * log(p). A uniform row over E experts gives ln E."))
 
 
