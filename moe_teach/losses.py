@@ -70,8 +70,9 @@ def switch_load_balancing_loss(probs: torch.Tensor, expert_indices: torch.Tensor
         real = check_mask("token_mask", token_mask, (num_tokens,)).to(probs.dtype)   # [T], 1 = real
         counts = torch.bincount(expert_indices.reshape(-1), weights=real.repeat_interleave(top_k),
                                 minlength=num_experts)
-        assignments = (real.sum() * top_k).clamp_min(1)
-        mean_prob = (real @ probs) / real.sum()                                      # P_i
+        real_tokens = real.sum()
+        assignments = (real_tokens * top_k).clamp_min(1)
+        mean_prob = (real @ probs) / real_tokens                                     # P_i
     fraction_routed = counts / assignments                                           # f_i, divided by T * k
     return num_experts * (fraction_routed * mean_prob).sum()
 
@@ -172,15 +173,51 @@ AUX_LOSSES = {"switch": _switch_from, "z": _z_from, "importance": _importance_fr
 """Loss name -> ``fn(record: RoutingRecord, routed: RouterOutput) -> scalar tensor``."""
 
 
-class LazyAuxLosses(Mapping):
+class LazyLosses(Mapping):
+    """Name -> loss, each computed by :meth:`compute` on first access, then kept.
+
+    Each loss is computed with the gradient mode in force when the mapping was made (just after
+    the forward pass), so reading it inside ``torch.no_grad()`` first does not strip the
+    gradient from a forward pass that had one. Subclasses define :meth:`compute`.
+    """
+
+    def __init__(self, names):
+        if not isinstance(names, (tuple, list)) or not all(isinstance(name, str) for name in names):
+            raise TypeError(f"names must be a tuple or list of loss names, got {names!r:.60}")
+        self._names = tuple(names)
+        self._grad_enabled = torch.is_grad_enabled()
+        self._values: dict[str, torch.Tensor] = {}
+
+    def compute(self, name: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._values:
+            if name not in self._names:
+                raise KeyError(name)
+            with torch.set_grad_enabled(self._grad_enabled):
+                self._values[name] = self.compute(name)
+        return self._values[name]
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def computed(self) -> tuple[str, ...]:
+        """Names of the losses computed so far."""
+        return tuple(self._values)
+
+
+class LazyAuxLosses(LazyLosses):
     """Name -> auxiliary loss of one forward pass, each computed on first access, then kept.
 
     An MoE layer makes one per forward pass instead of computing every loss its router
     declares: evaluation, plots and explorers that never read a loss do not pay for it, and a
     training loop that reads two of four pays for two. Reading it behaves like the plain dict
-    of eager losses (same keys, same values, same gradients): each loss is computed with the
-    gradient mode of the forward pass, so reading it inside ``torch.no_grad()`` first does not
-    strip the gradient from a forward pass that had one.
+    of eager losses (same keys, same values, same gradients; see :class:`LazyLosses` for the
+    gradient mode).
 
     Args:
         names: the loss names (keys of :data:`AUX_LOSSES`), in order.
@@ -194,28 +231,11 @@ class LazyAuxLosses(Mapping):
                              f"got {names!r}")
         check_instance("record", record, RoutingRecord)
         check_instance("routed", routed, RouterOutput)
-        self._names = tuple(names)
+        super().__init__(names)
         self._record, self._routed = record, routed
-        self._grad_enabled = torch.is_grad_enabled()
-        self._values: dict[str, torch.Tensor] = {}
 
-    def __getitem__(self, name: str) -> torch.Tensor:
-        if name not in self._values:
-            if name not in self._names:
-                raise KeyError(name)
-            with torch.set_grad_enabled(self._grad_enabled):
-                self._values[name] = AUX_LOSSES[name](self._record, self._routed)
-        return self._values[name]
-
-    def __iter__(self):
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-    def computed(self) -> tuple[str, ...]:
-        """Names of the losses computed so far."""
-        return tuple(self._values)
+    def compute(self, name: str) -> torch.Tensor:
+        return AUX_LOSSES[name](self._record, self._routed)
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{name!r}: {self._values[name] if name in self._values else '<not computed>'}"

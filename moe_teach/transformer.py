@@ -9,7 +9,6 @@ auxiliary losses across layers so one training step can add them to the task los
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .experts import ACTIVATIONS, Expert
+from .losses import LazyLosses
 from .moe_layer import MoEConfig, MoELayer
 from .routing import RoutingRecord
 from .validation import (
@@ -161,35 +161,18 @@ def collect_aux_losses(model: nn.Module) -> SummedAuxLosses:
     return SummedAuxLosses([layer.last_record for layer in moe_layers(model) if layer.last_record is not None])
 
 
-class SummedAuxLosses(Mapping):
-    """Name -> the sum of that auxiliary loss over the given routing records, computed when first read.
-
-    The sum is taken with the gradient mode in force when the mapping was made (just after the
-    forward pass), as :class:`~moe_teach.losses.LazyAuxLosses` does for each layer's loss.
-    """
+class SummedAuxLosses(LazyLosses):
+    """Name -> the sum of that auxiliary loss over the given routing records, computed when first read."""
 
     def __init__(self, records: list):
         if not isinstance(records, list) or not all(isinstance(record, RoutingRecord) for record in records):
             raise TypeError(f"records must be a list of RoutingRecord, got {type(records).__name__}")
+        super().__init__(tuple(dict.fromkeys(name for record in records for name in record.aux_losses)))
         self._records = records
-        self._names = tuple(dict.fromkeys(name for record in records for name in record.aux_losses))
-        self._totals: dict[str, torch.Tensor] = {}
-        self._grad_enabled = torch.is_grad_enabled()
 
-    def __getitem__(self, name: str) -> torch.Tensor:
-        if name not in self._totals:
-            values = [record.aux_losses[name] for record in self._records if name in record.aux_losses]
-            if not values:
-                raise KeyError(name)
-            with torch.set_grad_enabled(self._grad_enabled):
-                self._totals[name] = sum(values[1:], values[0])
-        return self._totals[name]
-
-    def __iter__(self):
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
+    def compute(self, name: str) -> torch.Tensor:
+        values = [record.aux_losses[name] for record in self._records if name in record.aux_losses]
+        return sum(values[1:], values[0])
 
     def __repr__(self) -> str:
         return f"SummedAuxLosses({list(self._names)!r} over {len(self._records)} layer(s))"

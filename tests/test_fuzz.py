@@ -174,6 +174,7 @@ SPECS = [
     Spec("cv_squared", mt.cv_squared, dict(values=torch.rand(4), eps=1e-10)),
     Spec("importance_loss", mt.importance_loss, dict(gate_weights=PROBS, token_mask=None)),
     Spec("load_loss", mt.load_loss, dict(load=torch.rand(4))),
+    Spec("LazyLosses", losses.LazyLosses, dict(names=("switch", "z"))),
     Spec("LazyAuxLosses", losses.LazyAuxLosses, dict(names=("switch", "z"), record=_layer()(X, return_record=True)[1],
                                                      routed=_routed()), text=("names",)),
     Spec("sequence_balance_loss", losses.sequence_balance_loss,

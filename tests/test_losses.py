@@ -238,3 +238,25 @@ def test_a_dropped_record_is_freed_at_once_lazy_losses_make_no_reference_cycle()
         assert probe() is None
     finally:
         gc.enable()
+
+
+def test_a_lazy_mapping_computes_each_name_once_with_the_gradient_mode_it_was_made_in():
+    from moe_teach.losses import LazyLosses
+
+    leaf = torch.ones(2, requires_grad=True)
+    calls = []
+
+    class Doubled(LazyLosses):
+        def compute(self, name):
+            calls.append(name)
+            return leaf.sum() * 2
+
+    doubled = Doubled(("a", "b"))
+    with torch.no_grad():
+        assert doubled["a"].requires_grad
+    assert doubled["a"] is doubled["a"] and calls == ["a"] and doubled.computed() == ("a",)
+    assert list(doubled) == ["a", "b"] and len(doubled) == 2
+    with pytest.raises(KeyError):
+        doubled["c"]
+    with pytest.raises(NotImplementedError):
+        LazyLosses(("a",))["a"]

@@ -216,7 +216,7 @@ def count_aten_ops(fn) -> int:
 
 
 def stack_expert_weights(experts) -> dict[str, torch.Tensor]:
-    """Copies of GELU/ReLU :class:`Expert` weights stacked for ``torch.baddbmm``, as new leaf tensors.
+    """Copies of gate-less (GELU or ReLU) :class:`Expert` weights stacked for ``torch.baddbmm``, as new leaves.
 
     ``up_w`` ``[E, D, H]``, ``up_b`` ``[E, 1, H]``, ``down_w`` ``[E, H, O]``, ``down_b`` ``[E, 1, O]``.
     """
@@ -227,10 +227,9 @@ def stack_expert_weights(experts) -> dict[str, torch.Tensor]:
             "down_b": stack(e.down.bias.unsqueeze(0) for e in experts)}
 
 
-def batched_experts(weights: dict[str, torch.Tensor], chunks: torch.Tensor, activation: str = "gelu") -> torch.Tensor:
-    """Every expert on its own equal slice at once: ``chunks`` ``[E, n, D]`` -> ``[E, n, O]``."""
-    pre = torch.baddbmm(weights["up_b"], chunks, weights["up_w"])                    # [E, n, H]
-    hidden_out = F.gelu(pre) if activation == "gelu" else F.relu(pre)
+def batched_experts(weights: dict[str, torch.Tensor], chunks: torch.Tensor) -> torch.Tensor:
+    """GELU experts, each on its own equal slice, at once: ``chunks`` ``[E, n, D]`` -> ``[E, n, O]``."""
+    hidden_out = F.gelu(torch.baddbmm(weights["up_b"], chunks, weights["up_w"]))     # [E, n, H]
     return torch.baddbmm(weights["down_b"], hidden_out, weights["down_w"])
 
 
